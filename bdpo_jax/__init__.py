@@ -1,0 +1,1 @@
+"""BalancedDPO in JAX: the sharded Diffusion-DPO trainer and its Flax UNet."""

@@ -1,0 +1,270 @@
+"""diffusers UNet weights in and out, with ``safetensors`` and no torch.
+
+Our parameter paths are diffusers' module paths (``down_blocks.0.attentions.0
+.proj_in``); only the leaf differs, and mechanically:
+
+    flax ``kernel`` (conv, HWIO)  <->  torch ``weight`` (OIHW)
+    flax ``kernel`` (linear, IO)  <->  torch ``weight`` (OI)
+    flax ``scale`` (norm)         <->  torch ``weight``
+    flax ``bias``                 <->  torch ``bias``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bdpo_jax.models.config import UNetConfig
+from bdpo_jax.models.options import ModelOptions
+from bdpo_jax.models.unet import UNet2DConditionModel
+
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+class WeightsError(ValueError):
+    """Weights on disk do not fit the UNet they are loaded into."""
+
+
+def diffusers_key(path: tuple) -> str:
+    *modules, leaf = (str(p) for p in path)
+    return ".".join([*modules, "bias" if leaf == "bias" else "weight"])
+
+
+def to_diffusers_layout(array: np.ndarray) -> np.ndarray:
+    """A flax leaf in torch's layout (the transform is fixed by its rank)."""
+    if array.ndim == 4:
+        return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
+    if array.ndim == 2:
+        return np.ascontiguousarray(array.T)
+    return array
+
+
+def diffusers_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(reversed(shape)) if len(shape) == 2 else tuple(shape)
+
+
+def from_diffusers_layout(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 4:
+        return np.transpose(array, (2, 3, 1, 0))
+    if array.ndim == 2:
+        return array.T
+    return array
+
+
+def _host(array) -> np.ndarray:
+    """Gathers a (possibly sharded, multi-host) array to a numpy array."""
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        array = multihost_utils.process_allgather(array, tiled=True)
+    return np.asarray(array)
+
+
+def diffusers_state_dict(params: nnx.State, dtype: jnp.dtype | None = None) -> dict[str, np.ndarray]:
+    """Our parameters as diffusers' ``state_dict()``: torch names and layouts."""
+    out = {}
+    for path, variable in nnx.to_flat_state(params):
+        array = _host(variable.get_value())
+        if dtype is not None:
+            array = array.astype(dtype)
+        out[diffusers_key(path)] = to_diffusers_layout(array)
+    return out
+
+
+def params_from_diffusers(abstract_params: nnx.State, tensors: Mapping[str, np.ndarray]) -> nnx.State:
+    """Fills an abstract parameter state from a diffusers state dict.
+
+    Every missing key, unexpected key and shape mismatch is reported at once.
+    Values are cast to the abstract state's dtype (fp16 weights load as fp32).
+    """
+    flat = list(nnx.to_flat_state(abstract_params))
+    expected = {diffusers_key(path): variable for path, variable in flat}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = []
+    for key in sorted(set(expected) & set(tensors)):
+        want = diffusers_shape(expected[key].shape)
+        if tuple(tensors[key].shape) != want:
+            mismatched.append(f"{key}: file {tuple(tensors[key].shape)}, model {want}")
+    if missing or unexpected or mismatched:
+        raise WeightsError(_report(missing, unexpected, mismatched))
+
+    filled = []
+    for path, variable in flat:
+        value = from_diffusers_layout(np.asarray(tensors[diffusers_key(path)]))
+        filled.append((path, variable.replace(jnp.asarray(value, dtype=variable.dtype))))
+    return nnx.from_flat_state(filled)
+
+
+def _report(missing: list[str], unexpected: list[str], mismatched: list[str], show: int = 20) -> str:
+    lines = ["UNet weights do not match the UNet config:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            more = f"... and {len(items) - show} more" if len(items) > show else ""
+            lines.append(f"  {len(items)} {title}:")
+            lines.extend(f"    {item}" for item in items[:show])
+            if more:
+                lines.append(f"    {more}")
+    lines.append("Check that config.json and the weights come from the same model.")
+    return "\n".join(lines)
+
+
+def find_unet_dir(path: str | os.PathLike) -> Path:
+    """A UNet directory, or a pipeline directory whose ``unet/`` is taken."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"UNet path {path} is not a directory (expected a diffusers UNet or pipeline).")
+    if (path / "unet" / "config.json").is_file():
+        return path / "unet"
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"{path} holds neither config.json (a diffusers UNet directory) nor unet/config.json "
+        "(a diffusers pipeline directory)."
+    )
+
+
+def weight_files(unet_dir: Path, variant: str | None = None) -> dict[str, Path]:
+    """Maps each tensor name to its safetensors file: one file or an index of shards."""
+    stem = f"{WEIGHTS_NAME}.{variant}" if variant else WEIGHTS_NAME
+    single = unet_dir / f"{stem}.safetensors"
+    index_names = [f"{WEIGHTS_NAME}.safetensors.index.{variant}.json", f"{stem}.safetensors.index.json"]
+    if variant is None:
+        index_names = [f"{WEIGHTS_NAME}.safetensors.index.json"]
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(single, framework="numpy") as f:
+            return dict.fromkeys(f.keys(), single)
+    for name in index_names:
+        index = unet_dir / name
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = {key: unet_dir / shard for key, shard in weight_map.items()}
+            absent = sorted({str(f) for f in files.values() if not f.is_file()})
+            if absent:
+                raise FileNotFoundError(f"{index} names shards that are not there: {absent}")
+            return files
+    present = sorted(p.name for p in unet_dir.iterdir() if "safetensors" in p.name or p.suffix == ".bin")
+    hint = ""
+    variants = sorted(
+        {p.split(".")[1] for p in present if p.count(".") >= 2 and not p.startswith(f"{WEIGHTS_NAME}.safetensors")}
+    )
+    if variants and variant is None:
+        hint = f" This directory has the variant(s) {variants}: pass variant={variants[0]!r} (--variant {variants[0]})."
+    elif any(p.endswith(".bin") for p in present):
+        hint = (
+            " Only PyTorch .bin weights are there; re-save them as safetensors "
+            "(diffusers: UNet2DConditionModel.from_pretrained(dir).save_pretrained(dir))."
+        )
+    raise FileNotFoundError(f"No {single.name} (or sharded index) in {unet_dir}; found {present}.{hint}")
+
+
+def read_safetensors(files: Mapping[str, Path], keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Reads tensors to host numpy (bf16 through ml_dtypes), on the CPU device."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for key in keys if keys is not None else files:
+        by_file.setdefault(files[key], []).append(key)
+    out = {}
+    with jax.default_device(jax.devices("cpu")[0]):
+        for file, file_keys in by_file.items():
+            with safe_open(file, framework="flax") as f:
+                for key in file_keys:
+                    out[key] = np.asarray(f.get_tensor(key))
+    return out
+
+
+def read_unet(path: str | os.PathLike, variant: str | None = None) -> tuple[UNetConfig, dict[str, np.ndarray]]:
+    """Config and diffusers-named tensors of a UNet (or pipeline) directory."""
+    unet_dir = find_unet_dir(path)
+    config = UNetConfig.from_json_file(unet_dir / "config.json")
+    return config, read_safetensors(weight_files(unet_dir, variant))
+
+
+class _ShapeOnlyRngs:
+    """Stands in for ``nnx.Rngs`` when only shapes are wanted. ``nnx.Rngs``
+    counts its draws in a Variable, and under ``eval_shape`` each count update
+    costs time linear in the trace so far (flax 0.12): minutes for SDXL,
+    against a second with one fixed key."""
+
+    def __init__(self):
+        self._key = jax.random.key(0)
+
+    def params(self) -> jax.Array:
+        return self._key
+
+
+def abstract_unet(config: UNetConfig, opts: ModelOptions = ModelOptions()) -> tuple[nnx.GraphDef, nnx.State]:
+    """The UNet's structure and parameter shapes, without allocating them."""
+    model = nnx.eval_shape(lambda: UNet2DConditionModel(config, opts, rngs=_ShapeOnlyRngs()))
+    return nnx.split(model)
+
+
+def random_unet(
+    config: UNetConfig, opts: ModelOptions = ModelOptions(), seed: int = 0, std: float = 1.0
+) -> UNet2DConditionModel:
+    """A UNet with random weights (LeCun-normal kernels, unit norms, zero biases),
+    drawn with numpy: building under a trace or op by op costs far more."""
+    rng = np.random.default_rng(seed)
+    graphdef, abstract = abstract_unet(config, opts)
+    filled = []
+    for path, variable in nnx.to_flat_state(abstract):
+        shape, leaf = variable.shape, path[-1]
+        if leaf == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.standard_normal(shape, np.float32) * (std / np.sqrt(fan_in))
+        else:
+            value = np.full(shape, 1.0 if leaf == "scale" else 0.0, np.float32)
+        filled.append((path, variable.replace(jnp.asarray(value, variable.dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(filled))
+
+
+def load_unet(
+    path: str | os.PathLike, opts: ModelOptions = ModelOptions(), variant: str | None = None
+) -> UNet2DConditionModel:
+    """A diffusers UNet (or pipeline) directory as our Flax UNet."""
+    config, tensors = read_unet(path, variant)
+    graphdef, abstract = abstract_unet(config, opts)
+    try:
+        params = params_from_diffusers(abstract, tensors)
+    except WeightsError as e:
+        raise WeightsError(f"{find_unet_dir(path)}: {e}") from None
+    return nnx.merge(graphdef, params)
+
+
+def save_unet(
+    config: UNetConfig,
+    params: nnx.State,
+    out_dir: str | os.PathLike,
+    dtype: jnp.dtype = jnp.float32,
+    variant: str | None = None,
+) -> Path:
+    """Writes ``config.json`` and safetensors that diffusers'
+    ``UNet2DConditionModel.from_pretrained(out_dir)`` loads. Returns the weights file.
+
+    Only process 0 writes; every process must call it (gathering is collective).
+    """
+    state_dict = diffusers_state_dict(params, dtype)
+    out_dir = Path(out_dir)
+    weights = out_dir / (f"{WEIGHTS_NAME}.{variant}.safetensors" if variant else f"{WEIGHTS_NAME}.safetensors")
+    if jax.process_index() == 0:
+        from safetensors.flax import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config.to_diffusers(), indent=2, sort_keys=True) + "\n")
+        tmp = weights.with_suffix(".tmp")
+        with jax.default_device(jax.devices("cpu")[0]):
+            save_file({k: jnp.asarray(v) for k, v in state_dict.items()}, tmp, metadata={"format": "pt"})
+        tmp.replace(weights)
+    return weights

@@ -1,0 +1,1 @@
+"""PyTorch side of BalancedDPO: scorers, votes, preprocessing, evaluation."""

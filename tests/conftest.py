@@ -1,0 +1,12 @@
+"""Tests run on CPU with tiny models the tests build; nothing is downloaded."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax
+
+# Parity is checked in full fp32: no reduced-precision matmul passes.
+jax.config.update("jax_default_matmul_precision", "highest")
