@@ -35,30 +35,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "sample_size": 64,
         "up_block_types": _SD_UP,
     },
-    "sd21": {
-        "act_fn": "silu",
-        "attention_head_dim": [5, 10, 20, 20],
-        "block_out_channels": [320, 640, 1280, 1280],
-        "center_input_sample": False,
-        "cross_attention_dim": 1024,
-        "down_block_types": _SD_DOWN,
-        "downsample_padding": 1,
-        "dual_cross_attention": False,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": 2,
-        "mid_block_scale_factor": 1,
-        "norm_eps": 1e-05,
-        "norm_num_groups": 32,
-        "num_class_embeds": None,
-        "only_cross_attention": False,
-        "out_channels": 4,
-        "sample_size": 96,
-        "up_block_types": _SD_UP,
-        "upcast_attention": True,
-        "use_linear_projection": True,
-    },
     "sdxl": {
         "act_fn": "silu",
         "addition_embed_type": "text_time",
@@ -106,6 +82,19 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "upcast_attention": None,
         "use_linear_projection": True,
     },
+}
+
+# SD2.1: linear projections, per-block head counts, OpenCLIP-H text states.
+_PRESETS["sd21"] = {
+    **_PRESETS["sd15"],
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "dual_cross_attention": False,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "sample_size": 96,
+    "upcast_attention": True,
+    "use_linear_projection": True,
 }
 
 # Tiny members of each family: same block types and options, small widths.

@@ -44,6 +44,12 @@ class BlockSpec:
             rngs=rngs,
         )
 
+    def transformers(self, channels: int, opts: ModelOptions, rngs: nnx.Rngs) -> nnx.List | None:
+        """One transformer after each resnet, or None for a block without attention."""
+        if not self.cross_attention:
+            return None
+        return nnx.List([self.transformer(channels, opts, rngs) for _ in range(self.num_layers)])
+
     def resnet(
         self, in_channels: int, out_channels: int, opts: ModelOptions, rngs: nnx.Rngs, scale: float = 1.0
     ) -> ResnetBlock2D:
@@ -83,10 +89,7 @@ class DownBlock2D(nnx.Module):
                 for i in range(spec.num_layers)
             ]
         )
-        if spec.cross_attention:
-            self.attentions = nnx.List([spec.transformer(out_channels, opts, rngs) for _ in range(spec.num_layers)])
-        else:
-            self.attentions = None
+        self.attentions = spec.transformers(out_channels, opts, rngs)
         self.downsamplers = nnx.List([Downsample2D(out_channels, opts, rngs=rngs)]) if add_downsample else None
         self.remat_policy = opts.remat
 
@@ -135,10 +138,7 @@ class UpBlock2D(nnx.Module):
             resnet_in = prev_output_channels if i == 0 else out_channels
             resnets.append(spec.resnet(resnet_in + skip_channels, out_channels, opts, rngs))
         self.resnets = nnx.List(resnets)
-        if spec.cross_attention:
-            self.attentions = nnx.List([spec.transformer(out_channels, opts, rngs) for _ in range(spec.num_layers)])
-        else:
-            self.attentions = None
+        self.attentions = spec.transformers(out_channels, opts, rngs)
         self.upsamplers = nnx.List([Upsample2D(out_channels, opts, rngs=rngs)]) if add_upsample else None
         self.remat_policy = opts.remat
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -154,14 +155,12 @@ def weight_files(unet_dir: Path, variant: str | None = None) -> dict[str, Path]:
             if absent:
                 raise FileNotFoundError(f"{index} names shards that are not there: {absent}")
             return files
-    present = sorted(p.name for p in unet_dir.iterdir() if "safetensors" in p.name or p.suffix == ".bin")
+    present = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
+    variants = sorted({m.group(1) or m.group(2) for name in present if (m := _VARIANT_FILE.match(name))})
     hint = ""
-    variants = sorted(
-        {p.split(".")[1] for p in present if p.count(".") >= 2 and not p.startswith(f"{WEIGHTS_NAME}.safetensors")}
-    )
     if variants and variant is None:
-        hint = f" This directory has the variant(s) {variants}: pass variant={variants[0]!r} (--variant {variants[0]})."
-    elif any(p.endswith(".bin") for p in present):
+        hint = f" This directory has the variant(s) {variants}: pass variant={variants[0]!r}."
+    elif any(name.endswith(".bin") for name in present):
         hint = (
             " Only PyTorch .bin weights are there; re-save them as safetensors "
             "(diffusers: UNet2DConditionModel.from_pretrained(dir).save_pretrained(dir))."
@@ -169,13 +168,19 @@ def weight_files(unet_dir: Path, variant: str | None = None) -> dict[str, Path]:
     raise FileNotFoundError(f"No {single.name} (or sharded index) in {unet_dir}; found {present}.{hint}")
 
 
-def read_safetensors(files: Mapping[str, Path], keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+# diffusion_pytorch_model.fp16.safetensors, ...fp16-00001-of-00002.safetensors, ...safetensors.index.fp16.json
+_VARIANT_FILE = re.compile(
+    rf"^{WEIGHTS_NAME}(?:\.(\w+?)(?:-\d+-of-\d+)?\.safetensors|\.safetensors\.index\.(\w+)\.json)$"
+)
+
+
+def read_safetensors(files: Mapping[str, Path]) -> dict[str, np.ndarray]:
     """Reads tensors to host numpy (bf16 through ml_dtypes), on the CPU device."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[str]] = {}
-    for key in keys if keys is not None else files:
-        by_file.setdefault(files[key], []).append(key)
+    for key, file in files.items():
+        by_file.setdefault(file, []).append(key)
     out = {}
     with jax.default_device(jax.devices("cpu")[0]):
         for file, file_keys in by_file.items():

@@ -38,6 +38,14 @@ def test_fp16_variant_loads_as_fp32(torch_unet, tmp_path):
     assert_same_params(model, load_file(tmp_path / "diffusion_pytorch_model.fp16.safetensors"))
 
 
+def test_sharded_fp16_variant(torch_unet, tmp_path):
+    torch_unet.half().save_pretrained(tmp_path, variant="fp16", max_shard_size="200KB")
+    torch_unet.float()
+    assert (tmp_path / "diffusion_pytorch_model.safetensors.index.fp16.json").is_file()
+    model = load_unet(tmp_path, variant="fp16")
+    assert_same_params(model, {k: v.half() for k, v in torch_unet.state_dict().items()})
+
+
 def test_missing_variant_error_says_which_to_pass(torch_unet, tmp_path):
     torch_unet.half().save_pretrained(tmp_path, variant="fp16")
     torch_unet.float()
