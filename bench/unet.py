@@ -58,6 +58,7 @@ def jax_peak_bytes() -> int | None:
 
 
 def bench_preset(name: str, batch: int, size: int, steps: int, opts: ModelOptions, device: str) -> dict:
+    """Errors always; times when ``steps`` > 0."""
     config_dict = unet_preset(name)
     config = UNetConfig.from_diffusers(config_dict)
     torch_unet = random_diffusers_unet(config_dict).to(device)
@@ -86,6 +87,9 @@ def bench_preset(name: str, batch: int, size: int, steps: int, opts: ModelOption
     result["bf16_ours_vs_diffusers_fp32"] = errors(ours_bf16, reference)
     result["bf16_diffusers_vs_diffusers_fp32"] = errors(theirs_bf16, reference)
     result["bf16_ours_vs_diffusers_bf16"] = errors(ours_bf16, theirs_bf16)
+
+    if steps <= 0:
+        return result
 
     # Speed: forward + backward of an MSE loss w.r.t. all parameters, bf16 compute.
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -134,7 +138,7 @@ def main() -> None:
     parser.add_argument("--presets", default="sd15,sdxl")
     parser.add_argument("--batch", type=int, default=None, help="default: per preset, see module doc")
     parser.add_argument("--size", type=int, default=None, help="latent height and width")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps; 0 measures errors only")
     parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
     parser.add_argument("--remat", default="none", choices=["none", "full", "save_dots"])
     parser.add_argument("--out", default=None, help="write the results as JSON here")

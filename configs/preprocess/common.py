@@ -1,0 +1,26 @@
+"""Settings every preprocessing config shares; the files beside this one fill in
+the scorers and the base model."""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.source = placeholder(str)  # parquet file/dir, save_to_disk dir, or hub dataset id
+    config.split = "train"
+    config.limit = placeholder(int)  # first N rows only
+    config.drop_human_ties = True  # as Diffusion-DPO: label_0 == 0.5 pairs are skipped
+    config.base_model = placeholder(str)  # diffusers pipeline dir: its vae/ and text encoder(s)
+    config.resolution = placeholder(int)  # default: the UNet's sample_size times the VAE factor
+    config.tie_policy = "drop"  # "drop" | "human" | "zero" (ties need an even number of scorers)
+    # name -> constructor arguments. ConfigDict keeps names sorted: the cache's score
+    # columns follow the manifest's "scorers" list.
+    config.scorers = ml_collections.ConfigDict()
+    config.output_dir = placeholder(str)
+    config.shard_size = 1024
+    config.batch_size = 32
+    config.worker_index = 0  # several hosts without torchrun: one index per host
+    config.num_workers = 1
+    config.device = placeholder(str)  # default: cuda (LOCAL_RANK under torchrun) when present, else cpu
+    return config

@@ -1,0 +1,98 @@
+"""The scorer interface and registry.
+
+A scorer maps (image, prompt) pairs to one float each. Configs name scorers by
+registry name; each records name, version and weight-file hashes in the cache
+manifest, so a cache says exactly which models labelled it.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+
+
+class Scorer(abc.ABC):
+    name: str = ""
+    version: str = "1"
+
+    @abc.abstractmethod
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        """One float per (image, prompt); higher is better."""
+
+    def weight_files(self) -> list[Path]:
+        """Files whose bytes determine the scores (hashed into the manifest)."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "weights": {str(p): file_sha256(p) for p in self.weight_files()},
+        }
+
+
+def register_scorer(name: str) -> Callable[[type[Scorer]], type[Scorer]]:
+    def register(cls: type[Scorer]) -> type[Scorer]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"scorer name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def registered_scorers() -> list[str]:
+    _import_builtin_scorers()
+    return sorted(_REGISTRY)
+
+
+def build_scorer(name: str, device: str | None = None, **kwargs: Any) -> Scorer:
+    """A scorer by registry name; unknown names and arguments are errors that
+    list the valid ones. ``device`` goes to the scorers that run on one."""
+    _import_builtin_scorers()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown scorer {name!r}; registered: {sorted(_REGISTRY)}")
+    cls = _REGISTRY[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    if device is not None and "device" in accepted:
+        kwargs["device"] = device
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(f"scorer {name!r} takes no argument(s) {unknown}; it takes {sorted(accepted)}")
+    return cls(**kwargs)
+
+
+def _import_builtin_scorers() -> None:
+    from scorers_torch.scorers import clip_scorers, programmatic  # noqa: F401  (registration)
+
+
+def require_file(path: str | os.PathLike | None, what: str, source: str) -> Path:
+    """A weight file that must exist; the error names it and where it comes from."""
+    if path is None:
+        raise FileNotFoundError(f"{what}: no weight file given. Download it from {source} and pass its path.")
+    path = Path(path).expanduser()
+    if not path.is_file() and not path.is_dir():
+        raise FileNotFoundError(f"{what}: weight file {path} does not exist. It comes from {source}.")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    """sha256 of a file, or of a directory's files in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,182 @@
+"""The preprocessing job end to end on tiny models and a synthetic Pick-a-Pic
+parquet with corrupt rows: contents, rejects, resume, workers, mismatches."""
+
+import json
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs.preprocess import demo
+from scorers_torch import cache as cache_format
+from scorers_torch import preprocess
+from scorers_torch.encoders import BaseModelEncoders
+from scorers_torch.pickapic import PreferenceSource, SourceError, decode_image
+from scorers_torch.scorers import build_scorer
+from scorers_torch.synthetic import make_preference_parquet
+from scorers_torch.votes import majority_vote
+
+CORRUPT, EMPTY, HUMAN_TIE = (3, 11), (5,), (7,)
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train-00000.parquet"
+    return make_preference_parquet(
+        path, 20, seed=0, size=48, corrupt_rows=CORRUPT, empty_caption_rows=EMPTY, human_tie_rows=HUMAN_TIE
+    )
+
+
+def make_config(parquet, pipeline, output, scorers=None, **overrides):
+    config = demo.get_config()
+    config.source = str(parquet)
+    config.base_model = str(pipeline)
+    config.output_dir = str(output)
+    config.shard_size = 8
+    config.batch_size = 4
+    if scorers is not None:
+        config.scorers = ml_collections.ConfigDict(scorers)
+    config.update(overrides)
+    return config
+
+
+def all_arrays(output):
+    return {
+        (index, name): np.asarray(value)
+        for index in sorted(cache_format.completed_shards(output))
+        for name, value in cache_format.load_shard(output, index).items()
+        if name != "captions"
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_cache(parquet, tiny_pipeline, tmp_path_factory):
+    output = tmp_path_factory.mktemp("cache") / "demo"
+    manifest = preprocess.run(make_config(parquet, tiny_pipeline, output))
+    return output, manifest
+
+
+def test_paper_scorers_end_to_end(parquet, tiny_pipeline, tiny_weights, tmp_path):
+    config = make_config(parquet, tiny_pipeline, tmp_path / "cache", scorers=tiny_weights, tie_policy="human")
+    manifest = preprocess.run(config)
+    counts = manifest["counts"]
+    assert counts["rows"] == 20 and counts["human_ties_dropped"] == 1 and counts["rejected"] == 3
+    assert counts["pairs"] == 16 == sum(s["pairs"] for s in manifest["shards"])
+    order = [s["name"] for s in manifest["scorers"]]  # the scores' columns
+    assert order == sorted(tiny_weights)  # ConfigDict keeps names sorted
+    assert all(len(s["weights"]) >= 1 for s in manifest["scorers"])
+    assert manifest["base_model"]["latent_shape"] == [16, 16, 4]
+
+    rejects = [json.loads(line) for line in (tmp_path / "cache" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["row"] for r in rejects) == [3, 5, 11]
+    assert {r["row"]: r["reason"] for r in rejects}[5] == "empty caption"
+    assert all("corrupt image" in r["reason"] for r in rejects if r["row"] in CORRUPT)
+
+    # Recompute the first shard from scratch with the same models.
+    shard = cache_format.load_shard(tmp_path / "cache", 0)
+    source = PreferenceSource(parquet)
+    rows = {p.row: p for p in source.pairs(0, 8)}
+    pairs = [rows[int(r)] for r in shard["source_row"]]
+    assert [p.row for p in pairs] == [0, 1, 2, 4, 6]  # 3 corrupt, 5 empty caption, 7 human tie
+    encoders = BaseModelEncoders(tiny_pipeline)
+    for side in (0, 1):
+        images = [decode_image(p.jpg_0 if side == 0 else p.jpg_1) for p in pairs]
+        for k, name in enumerate(order):
+            expected = build_scorer(name, **tiny_weights[name]).score(images, [p.caption for p in pairs])
+            np.testing.assert_allclose(shard["scores"][:, k, side], expected, rtol=1e-5, atol=1e-6)
+        # Batches of another size may round differently in the last fp16 bit.
+        np.testing.assert_allclose(shard[f"latents_{side}"], encoders.encode_images(images), rtol=2e-3, atol=1e-4)
+    votes = majority_vote(shard["scores"], "human", shard["label_0"])
+    np.testing.assert_array_equal(shard["label"], votes.label)
+    np.testing.assert_array_equal(shard["votes"], votes.votes)
+    text_states, _ = encoders.encode_text([p.caption for p in pairs])
+    np.testing.assert_allclose(shard["text_states"][shard["caption_id"]], text_states, rtol=2e-3, atol=1e-3)
+    assert [shard["captions"][i] for i in shard["caption_id"]] == [p.caption for p in pairs]
+
+
+def test_empty_prompt_is_cached(demo_cache, tiny_pipeline):
+    output, _ = demo_cache
+    empty = np.load(output / "empty_prompt" / "text_states.npy")
+    np.testing.assert_array_equal(empty, BaseModelEncoders(tiny_pipeline).encode_text([""])[0])
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(demo_cache, parquet, tiny_pipeline, tmp_path, monkeypatch):
+    output, manifest = demo_cache
+    config = make_config(parquet, tiny_pipeline, tmp_path / "cache")
+    real_write = cache_format.write_arrays
+    written = []
+
+    def dies_on_second_shard(directory, arrays, extra):
+        if directory.parent.name == "shards":
+            if written:
+                raise KeyboardInterrupt("killed")
+            written.append(directory.name)
+        real_write(directory, arrays, extra)
+
+    monkeypatch.setattr(cache_format, "write_arrays", dies_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess.run(config)
+    assert cache_format.completed_shards(tmp_path / "cache") == {0}
+    assert not (tmp_path / "cache" / "manifest.json").exists()
+    with pytest.raises(cache_format.CacheError, match=r"incomplete \(1 of 3 shards\)"):
+        cache_format.read_manifest(tmp_path / "cache")
+
+    monkeypatch.setattr(cache_format, "write_arrays", real_write)
+    resumed = preprocess.run(config)
+    assert resumed == manifest
+    assert resumed["counts"] == manifest["counts"]
+    a, b = all_arrays(output), all_arrays(tmp_path / "cache")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+
+
+def test_two_workers_make_the_same_cache(demo_cache, parquet, tiny_pipeline, tmp_path):
+    output, manifest = demo_cache
+    first = preprocess.run(make_config(parquet, tiny_pipeline, tmp_path / "c", worker_index=0, num_workers=2))
+    assert first is None  # shard 1 belongs to the other worker
+    assert cache_format.completed_shards(tmp_path / "c") == {0, 2}
+    second = preprocess.run(make_config(parquet, tiny_pipeline, tmp_path / "c", worker_index=1, num_workers=2))
+    assert second["counts"] == manifest["counts"]
+    a, b = all_arrays(output), all_arrays(tmp_path / "c")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+
+
+def test_resume_with_other_settings_is_refused(demo_cache, parquet, tiny_pipeline):
+    output, _ = demo_cache
+    config = make_config(parquet, tiny_pipeline, output, scorers={"brightness": {}})
+    with pytest.raises(cache_format.CacheError, match=r"other settings \(differing: \['scorers'\]\)"):
+        preprocess.run(config)
+
+
+def test_sources(parquet, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet)
+    assert len(PreferenceSource(parquet.parent)) == 20  # a directory of parquet files
+    arrow_dir = tmp_path / "saved"
+    arrow_dir.mkdir()
+    with pa.ipc.new_stream(str(arrow_dir / "data-00000-of-00001.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    saved = PreferenceSource(arrow_dir)
+    assert saved.pairs(2, 4)[0].caption == table["caption"][2].as_py()
+    pq.write_table(table.drop_columns(["jpg_1"]), tmp_path / "bad.parquet")
+    with pytest.raises(SourceError, match=r"lacks the Pick-a-Pic column\(s\) \['jpg_1'\]"):
+        PreferenceSource(tmp_path / "bad.parquet")
+    with pytest.raises(SourceError, match="not a parquet file"):
+        PreferenceSource(tmp_path / "nothing-here.csv")
+
+
+def test_command_line(parquet, tiny_pipeline, tmp_path):
+    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/demo.py"]
+    args = [f"--config.source={parquet}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
+    done = subprocess.run([*base, *args, "--config.shard_size=10"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["pairs"] == 16
+    assert "pairs_per_s" in done.stderr  # the progress bar
+    bad = subprocess.run([*base, *args, "--config.shard_sise=10"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "shard_sise" in bad.stderr
