@@ -2,8 +2,8 @@
 bf16 errors), and forward+backward time, ours (jit, bf16) against PyTorch eager
 bf16 autocast, side by side in one process on one device.
 
-    python bench/unet.py --presets sd15,sdxl --out bench_unet.json     # on a GPU
-    python bench/unet.py --presets tiny-sd1 --batch 2 --size 16         # smoke run on a CPU
+    python -m bench.unet --presets sd15,sdxl --out bench_unet.json     # on a GPU
+    python -m bench.unet --presets tiny-sd1 --batch 2 --size 16         # smoke run on a CPU
 
 Batch and latent size default to the issue's: SD1.5 batch 8 at 64x64, SDXL batch
 2 at 128x128. Weights are random (diffusers' init, norms and biases perturbed).

@@ -23,12 +23,14 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+from PIL import Image
 from tqdm import tqdm
 
 from scorers_torch import cache as cache_format
 from scorers_torch.encoders import BaseModelEncoders
 from scorers_torch.pickapic import Pair, PreferenceSource, decode_image
 from scorers_torch.scorers import Scorer, build_scorer
+from scorers_torch.threads import thread_map
 from scorers_torch.votes import human_label, majority_vote
 
 
@@ -81,20 +83,21 @@ def process_shard(
     """Decode, filter, score, vote, encode one shard's pairs."""
     rejects, kept, images = [], [], []
     human_ties = 0
+    candidates = []
     for pair in pairs:
         if config.drop_human_ties and pair.label_0 == 0.5:
             human_ties += 1
-            continue
-        if not pair.caption.strip():
+        elif not pair.caption.strip():
             rejects.append({"row": pair.row, "reason": "empty caption"})
-            continue
-        try:
-            decoded = (decode_image(pair.jpg_0), decode_image(pair.jpg_1))
-        except Exception as e:  # truncated, not an image, ...
-            rejects.append({"row": pair.row, "reason": f"corrupt image: {type(e).__name__}: {e}"})
-            continue
-        kept.append(pair)
-        images.append(decoded)
+        else:
+            candidates.append(pair)
+    for pair, decoded in zip(candidates, thread_map(_decode_pair, candidates), strict=True):
+        if isinstance(decoded, Exception):  # truncated, not an image, ...
+            rejects.append({"row": pair.row, "reason": f"corrupt image: {type(decoded).__name__}: {decoded}"})
+        else:
+            kept.append(pair)
+            images.append(decoded)
+    rejects.sort(key=lambda r: r["row"])
 
     captions = sorted({p.caption for p in kept})
     caption_id = {c: i for i, c in enumerate(captions)}
@@ -135,6 +138,13 @@ def process_shard(
         **votes.counts(),
     }
     return arrays, {"captions.json": captions, "stats.json": stats, "rejects.jsonl": rejects}
+
+
+def _decode_pair(pair: Pair) -> tuple[Image.Image, Image.Image] | Exception:
+    try:
+        return decode_image(pair.jpg_0), decode_image(pair.jpg_1)
+    except Exception as e:
+        return e
 
 
 def write_empty_prompt(output: Path, encoders: BaseModelEncoders) -> None:

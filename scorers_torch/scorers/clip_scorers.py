@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from scorers_torch.scorers.base import Scorer, register_scorer, require_file
+from scorers_torch.threads import thread_map
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -85,7 +86,7 @@ class _OpenClipScorer(_TorchScorer):
         return self._weights
 
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
+        pixels = torch.stack(thread_map(lambda im: self.preprocess(im.convert("RGB")), images)).to(self.device)
         return nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
