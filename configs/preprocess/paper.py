@@ -1,13 +1,13 @@
 """The paper's labelling: HPSv2, CLIP score, PickScore and LAION aesthetic on
 Pick-a-Pic v2. ``--config configs/preprocess/paper.py:sdxl`` for SDXL's
-resolution. Weight paths must be set, e.g.
+resolution. Weights default to their hub files (``hf://org/repo/file``), fetched
+where the hub is reachable; elsewhere give local paths, e.g.
 
     --config.scorers.hpsv2.checkpoint=/weights/HPS_v2_compressed.pt
-    --config.scorers.clip.weights=/weights/clip-vit-h-14/open_clip_pytorch_model.bin
-    --config.scorers.pickscore.model=/weights/PickScore_v1
-    --config.scorers.pickscore.processor=/weights/CLIP-ViT-H-14-laion2B-s32B-b79K
     --config.scorers.aesthetic.head=/weights/sac+logos+ava1-l14-linearMSE.pth
-    --config.scorers.aesthetic.clip_weights=/weights/clip-vit-l-14-openai/open_clip_pytorch_model.bin
+
+The aesthetic head is not on the hub: download it from
+github.com/christophschuhmann/improved-aesthetic-predictor.
 """
 
 import ml_collections
@@ -26,8 +26,16 @@ def get_config(model: str = "sd15") -> ml_collections.ConfigDict:
     config.resolution = RESOLUTION[model]
     # Four scorers can tie 2-2; the paper does not say, we drop ties by default.
     config.tie_policy = "drop"
-    config.scorers.hpsv2 = ml_collections.ConfigDict({"checkpoint": placeholder(str)})
-    config.scorers.clip = ml_collections.ConfigDict({"weights": placeholder(str)})
-    config.scorers.pickscore = ml_collections.ConfigDict({"model": placeholder(str), "processor": placeholder(str)})
-    config.scorers.aesthetic = ml_collections.ConfigDict({"head": placeholder(str), "clip_weights": placeholder(str)})
+    clip_h = "hf://laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    config.scorers.hpsv2 = ml_collections.ConfigDict({"checkpoint": "hf://xswu/HPSv2/HPS_v2_compressed.pt"})
+    config.scorers.clip = ml_collections.ConfigDict({"weights": f"{clip_h}/open_clip_pytorch_model.bin"})
+    config.scorers.pickscore = ml_collections.ConfigDict(
+        {"model": "hf://yuvalkirstain/PickScore_v1", "processor": clip_h}
+    )
+    config.scorers.aesthetic = ml_collections.ConfigDict(
+        {
+            "head": placeholder(str),
+            "clip_weights": "hf://timm/vit_large_patch14_clip_224.openai/open_clip_pytorch_model.bin",
+        }
+    )
     return config

@@ -77,14 +77,39 @@ def _import_builtin_scorers() -> None:
     from scorers_torch.scorers import clip_scorers, programmatic  # noqa: F401  (registration)
 
 
+HUB_PREFIX = "hf://"
+
+
 def require_file(path: str | os.PathLike | None, what: str, source: str) -> Path:
-    """A weight file that must exist; the error names it and where it comes from."""
+    """A weight file or folder that must exist: a local path, or
+    ``hf://org/repo/file`` (``hf://org/repo`` for a whole repo) fetched from the
+    hub where this machine can reach it. Errors name the file and its source."""
     if path is None:
         raise FileNotFoundError(f"{what}: no weight file given. Download it from {source} and pass its path.")
+    if str(path).startswith(HUB_PREFIX):
+        return _from_hub(str(path)[len(HUB_PREFIX) :], what, source)
     path = Path(path).expanduser()
     if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"{what}: weight file {path} does not exist. It comes from {source}.")
     return path
+
+
+def _from_hub(spec: str, what: str, source: str) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    parts = spec.split("/")
+    if len(parts) < 2:
+        raise ValueError(f"{what}: {HUB_PREFIX}{spec} is not {HUB_PREFIX}org/repo[/file]")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        if filename:
+            return Path(hf_hub_download(repo_id, filename))
+        return Path(snapshot_download(repo_id))
+    except Exception as e:  # offline, unknown repo or file, no access
+        raise FileNotFoundError(
+            f"{what}: could not fetch {HUB_PREFIX}{spec} from the hub ({type(e).__name__}). It comes from {source}; "
+            "download it where the hub is reachable and pass the local path."
+        ) from e
 
 
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:

@@ -180,3 +180,17 @@ def test_command_line(parquet, tiny_pipeline, tmp_path):
     assert "pairs_per_s" in done.stderr  # the progress bar
     bad = subprocess.run([*base, *args, "--config.shard_sise=10"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "shard_sise" in bad.stderr
+
+
+@pytest.mark.parametrize("model", ["sd15", "sd21", "sdxl"])
+def test_paper_config_names_real_scorer_arguments(model):
+    import inspect
+
+    from configs.preprocess import paper
+    from scorers_torch.scorers.base import _REGISTRY, registered_scorers
+
+    config = paper.get_config(model)
+    assert sorted(config.scorers) == ["aesthetic", "clip", "hpsv2", "pickscore"]
+    assert set(registered_scorers()) >= set(config.scorers)
+    for name, kwargs in config.scorers.items():
+        assert set(kwargs) <= set(inspect.signature(_REGISTRY[name].__init__).parameters), name

@@ -135,6 +135,8 @@ def test_registry_errors_and_custom_scorers(tmp_path):
         build_scorer("saturation", checkpoint="x")
     with pytest.raises(FileNotFoundError, match=r"no weight file given.*xswu/HPSv2"):
         build_scorer("hpsv2")
+    with pytest.raises(FileNotFoundError, match=r"could not fetch hf://xswu/HPSv2/HPS_v2_compressed\.pt"):
+        build_scorer("hpsv2", checkpoint="hf://xswu/HPSv2/HPS_v2_compressed.pt")  # offline in tests
     missing = tmp_path / "HPS_v2_compressed.pt"
     with pytest.raises(FileNotFoundError, match=rf"{missing}.*huggingface.co/xswu/HPSv2"):
         build_scorer("hpsv2", checkpoint=missing)
