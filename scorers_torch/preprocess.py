@@ -221,16 +221,14 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     return manifest
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/preprocess/*.py file.", lock_config=True)
-
-
 def main(argv: list[str]) -> None:
     del argv
-    manifest = run(_CONFIG.value)
+    manifest = run(flags.FLAGS.config)
     if manifest is not None:
         print(json.dumps(manifest["counts"], indent=2))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags are defined here, so that importing this module defines none
+    config_flags.DEFINE_config_file("config", None, "A configs/preprocess/*.py file.", lock_config=True)
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -63,7 +63,9 @@ def _text_config(tokenizer, hidden: int, projection: int | None = None):
     )
 
 
-def make_tiny_pipeline(directory: str | os.PathLike, family: str = "sd", seed: int = 0) -> Path:
+def make_tiny_pipeline(
+    directory: str | os.PathLike, family: str = "sd", seed: int = 0, unet_preset_name: str | None = None
+) -> Path:
     """A diffusers pipeline folder: tiny VAE (factor 4, 4 latent channels), CLIP
     text encoder(s) and tokenizer(s), and a matching tiny UNet; SDXL's layout
     (two encoders, penultimate states, pooled projection) with ``family="sdxl"``."""
@@ -88,7 +90,7 @@ def make_tiny_pipeline(directory: str | os.PathLike, family: str = "sd", seed: i
     tokenizer = make_clip_tokenizer(directory / "tokenizer")
     widths = [16, 32] if family == "sdxl" else [32]
     CLIPTextModel(_text_config(tokenizer, widths[0])).save_pretrained(directory / "text_encoder")
-    unet_config = unet_preset("tiny-sdxl" if family == "sdxl" else "tiny-sd1")
+    unet_config = unet_preset(unet_preset_name or ("tiny-sdxl" if family == "sdxl" else "tiny-sd1"))
     unet_config["cross_attention_dim"] = sum(widths)
     unet_config["sample_size"] = 16
     if family == "sdxl":
@@ -99,6 +101,10 @@ def make_tiny_pipeline(directory: str | os.PathLike, family: str = "sd", seed: i
         )
         unet_config["projection_class_embeddings_input_dim"] = 6 * unet_config["addition_time_embed_dim"] + pooled
     UNet2DConditionModel.from_config(unet_config).save_pretrained(directory / "unet")
+    scheduler = {"_class_name": "DDPMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085}
+    scheduler |= {"beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+    (directory / "scheduler").mkdir(exist_ok=True)
+    (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
     pipeline = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
     (directory / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
     return directory

@@ -130,6 +130,18 @@ _TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "norm_num_groups": 8,
         "sample_size": 16,
     },
+    # The smallest SD1-style UNet with every kind of part: what CPU tests train.
+    "micro-sd1": {
+        "base": "sd15",
+        "block_out_channels": [16, 32],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "layers_per_block": 1,
+        "attention_head_dim": 2,
+        "cross_attention_dim": 32,
+        "norm_num_groups": 4,
+        "sample_size": 16,
+    },
 }
 
 

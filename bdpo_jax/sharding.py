@@ -1,0 +1,69 @@
+"""The device mesh and how arrays lie on it.
+
+Mesh axes ("data", "fsdp"): the batch is split over both; parameters and
+optimizer state are split FSDP-style over "fsdp" by the rule below, so each
+device holds 1/fsdp of every large tensor and XLA gathers them per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+# Tensors smaller than this are replicated: splitting them saves little memory and costs a collective.
+MIN_SHARDED_SIZE = 2**14
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp") mesh over all devices; -1 takes what the other axis leaves."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if data == -1:
+        data = n // fsdp
+    if fsdp == -1:
+        fsdp = n // data
+    if data * fsdp != n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {n} devices")
+    return Mesh(np.array(devices).reshape(data, fsdp), BATCH_AXES)
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+    """Split the largest dimension that divides evenly over "fsdp"; replicate small or indivisible tensors."""
+    if fsdp_size == 1 or int(np.prod(shape)) < MIN_SHARDED_SIZE:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp_size == 0:
+            spec = [None] * len(shape)
+            spec[dim] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def state_shardings(abstract_state, mesh: Mesh):
+    """NamedShardings for a pytree of arrays (params, optimizer state, ...)."""
+    fsdp_size = mesh.shape["fsdp"]
+
+    def sharding(leaf):
+        shape = getattr(leaf, "shape", ())
+        return NamedSharding(mesh, fsdp_spec(tuple(shape), fsdp_size))
+
+    return jax.tree.map(sharding, abstract_state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Each process's slice of the batch, assembled into global arrays split over the batch axes."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

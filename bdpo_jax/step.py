@@ -1,0 +1,152 @@
+"""The train state and one optimisation step of BalancedDPO, as pure functions.
+
+All state is one pytree: policy parameters (fp32), reference parameters (bf16),
+optimizer state, step and RNG. The reference refresh is a functional
+replacement of ``ref_params`` inside the step, every ``ref_refresh_every`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bdpo_jax.objective import LabelSource, dpo_loss, pair_labels, per_sample_mse, sft_loss
+from bdpo_jax.schedule import NoiseSchedule
+
+REF_DTYPE = jnp.bfloat16
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken, and the data position
+    params: dict
+    ref_params: dict
+    opt_state: Any
+    rng: jax.Array  # raw uint32[2] key, so that checkpoints hold plain arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    schedule: NoiseSchedule
+    label_source: LabelSource = dataclasses.field(default_factory=LabelSource)
+    beta: float = 5000.0
+    ref_refresh_every: int = 100  # 0: the reference stays the base model (plain Diffusion-DPO)
+    grad_accum: int = 1
+    sdxl_time_ids: tuple[float, ...] | None = None  # original size, crop, target size
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ref_params=jax.tree.map(lambda p: p.astype(REF_DTYPE), params),
+        opt_state=optimizer.init(params),
+        rng=jax.random.PRNGKey(seed),
+    )
+
+
+def _unet_inputs(batch: dict, noisy: jax.Array, t: jax.Array, cfg: StepConfig) -> dict:
+    """Both images of every pair in one batch: [x0 of all pairs; x1 of all pairs]."""
+    twice = lambda a: jnp.concatenate([a, a])  # noqa: E731
+    inputs = {"sample": noisy, "timesteps": twice(t), "encoder_hidden_states": twice(batch["text_states"])}
+    if cfg.sdxl_time_ids is not None:
+        inputs["text_embeds"] = twice(batch["pooled"])
+        inputs["time_ids"] = jnp.broadcast_to(jnp.asarray(cfg.sdxl_time_ids, jnp.float32), (noisy.shape[0], 6))
+    return inputs
+
+
+def loss_and_metrics(
+    params: dict,
+    ref_params: dict,
+    batch: dict,
+    noise: jax.Array,
+    t: jax.Array,
+    labels: jax.Array,
+    graphdef: nnx.GraphDef,
+    cfg: StepConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss of one (micro)batch of pairs, with shared noise and timestep per pair."""
+    n = noise.shape[0]
+    x = jnp.concatenate([batch["latents_0"], batch["latents_1"]])
+    noisy, target = cfg.schedule.noisy_and_target(x, jnp.concatenate([noise, noise]), jnp.concatenate([t, t]))
+    inputs = _unet_inputs(batch, noisy, t, cfg)
+    mse_pol = per_sample_mse(nnx.merge(graphdef, params)(**inputs), target)
+    ref_prediction = nnx.merge(graphdef, ref_params)(**inputs)
+    mse_ref = per_sample_mse(jax.lax.stop_gradient(ref_prediction), target)
+    pol, ref = (mse_pol[:n], mse_pol[n:]), (mse_ref[:n], mse_ref[n:])
+    if cfg.label_source.kind == "sft":
+        loss = sft_loss(pol, labels)
+        metrics = dpo_loss(pol, ref, labels, cfg.beta)[1]
+    else:
+        loss, metrics = dpo_loss(pol, ref, labels, cfg.beta, batch, cfg.label_source)
+    winner_first = labels >= 0
+    for name, (m0, m1) in (("policy", pol), ("reference", ref)):
+        metrics[f"mse_{name}_winner"] = jnp.where(winner_first, m0, m1).mean()
+        metrics[f"mse_{name}_loser"] = jnp.where(winner_first, m1, m0).mean()
+    return loss, metrics | {"loss": loss}
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    cfg: StepConfig,
+    learning_rate: Callable[[jax.Array], jax.Array],
+    constrain_micro: Callable[[Any], Any] = lambda tree: tree,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step over the global batch, in ``grad_accum`` micro-batches."""
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    noise_rng, time_rng, label_rng = jax.random.split(step_rng, 3)
+    pairs = batch["latents_0"].shape[0]
+    # Drawn for the whole batch at once, so that accumulation does not change them.
+    noise = jax.random.normal(noise_rng, batch["latents_0"].shape, jnp.float32)
+    t = jax.random.randint(time_rng, (pairs,), 0, cfg.schedule.num_timesteps)
+    labels = pair_labels(batch, cfg.label_source, label_rng)
+
+    accum = cfg.grad_accum
+    if pairs % accum:
+        raise ValueError(f"{pairs} pairs per step do not split into {accum} micro-batches")
+
+    def micro(tree):  # (pairs, ...) -> (accum, pairs / accum, ...), each device keeping its rows
+        return constrain_micro(
+            jax.tree.map(lambda a: a.reshape(pairs // accum, accum, *a.shape[1:]).swapaxes(0, 1), tree)
+        )
+
+    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+
+    def accumulate(grads, xs):
+        micro_batch, micro_noise, micro_t, micro_labels = xs
+        (_, metrics), g = grad_fn(
+            state.params, state.ref_params, micro_batch, micro_noise, micro_t, micro_labels, graphdef, cfg
+        )
+        return jax.tree.map(jnp.add, grads, g), metrics
+
+    grads, metrics = jax.lax.scan(
+        accumulate, jax.tree.map(jnp.zeros_like, state.params), micro((batch, noise, t, labels))
+    )
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    metrics = jax.tree.map(lambda m: m.mean(axis=0), metrics)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    refresh = (cfg.ref_refresh_every > 0) & (step % max(cfg.ref_refresh_every, 1) == 0)
+    ref_params = jax.lax.cond(
+        refresh, lambda: jax.tree.map(lambda p: p.astype(REF_DTYPE), params), lambda: state.ref_params
+    )
+    metrics |= {
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": learning_rate(state.step),
+        "ref_refreshed": refresh,
+    }
+    new_state = state.replace(step=step, params=params, ref_params=ref_params, opt_state=opt_state)
+    return new_state, metrics

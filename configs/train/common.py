@@ -1,0 +1,50 @@
+"""Settings every train config shares."""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.cache = placeholder(str)  # output_dir of scorers_torch.preprocess
+    config.base_model = placeholder(str)  # diffusers pipeline dir; default: the one the cache names
+    config.distributed = False  # jax.distributed.initialize() first (multi-host)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.dtype = "bfloat16"  # compute dtype; parameters stay fp32
+    config.model.attention = "auto"  # "xla" | "cudnn" | "auto"
+    config.model.remat = "none"  # "none" | "full" | "save_dots"
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 2000
+    config.train.global_batch = 128  # pairs per optimizer step, over all devices and micro-batches
+    config.train.grad_accum = 1
+    config.train.beta = 5000.0
+    config.train.ref_refresh_every = 100  # T; 0 keeps the base model as reference (Diffusion-DPO)
+    # vote | human | scorer:<name> | random_scorer | weighted_sum | normalized | sft
+    config.train.label_source = "vote"
+    config.train.label_weights = placeholder(tuple)  # weighted_sum: one weight per scorer (default uniform)
+    config.train.seed = 0
+    config.train.flip = True
+    config.train.caption_dropout = 0.0
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"  # or "adafactor"
+    config.optimizer.learning_rate = 1e-8 * 128  # Diffusion-DPO: 1e-8 per pair of the global batch
+    config.optimizer.warmup_steps = 200
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.weight_decay = 1e-2
+    config.optimizer.grad_clip = 1.0
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = 1
+    config.mesh.fsdp = -1  # all devices the data axis leaves
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every = 100
+    config.checkpoint.keep = 3
+    config.checkpoint.async_save = True
+    config.log_every = 1
+    return config

@@ -1,0 +1,79 @@
+"""The sharded train step: reference refresh, devices, accumulation.
+
+beta multiplies the difference of per-sample MSEs, so a last-bit difference in
+an MSE (summed in another order on four devices) moves the loss by about
+beta * 1e-7: MSEs are compared to 1e-6, the loss to 1e-4 at beta = 500.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from bdpo_jax.train import build_trainer
+
+
+def run_steps(config, steps, devices):
+    trainer = build_trainer(config, devices)
+    initial_ref = jax.device_get(trainer.state.ref_params)
+    state, history = trainer.state, []
+    for step in range(steps):
+        state, metrics = trainer.step_fn(state, trainer.global_batch(step))
+        history.append((jax.device_get(state), jax.device_get(metrics)))
+    return trainer, initial_ref, history
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b), strict=True))
+
+
+@pytest.fixture(scope="module")
+def one_device(tiny_cache):
+    from configs.train import tiny
+
+    config = tiny.get_config()
+    config.cache = str(tiny_cache)
+    config.train.global_batch = 4
+    config.train.ref_refresh_every = 2
+    return config, run_steps(config, 3, jax.devices()[:1])
+
+
+def test_reference_refreshes_every_t_steps(one_device):
+    _, (_, base, history) = one_device
+    (s1, m1), (s2, m2), (s3, m3) = history
+    assert same(s1.ref_params, base)  # after step 1: untouched
+    assert same(s2.ref_params, jax.tree.map(lambda p: p.astype(jax.numpy.bfloat16), s2.params))  # step 2: the policy's
+    assert not same(s2.ref_params, base)
+    assert same(s3.ref_params, s2.ref_params)  # step 3: untouched again
+    assert not same(s3.params, s2.params)
+    assert [bool(m["ref_refreshed"]) for m in (m1, m2, m3)] == [False, True, False]
+
+
+def test_four_devices_match_one(one_device):
+    config, (_, _, one) = one_device
+    assert len(jax.devices()) == 4
+    trainer, _, four = run_steps(config, 3, jax.devices())
+    assert trainer.mesh.shape == {"data": 1, "fsdp": 4}
+    assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(trainer.state_shardings))
+    for (state_1, metrics_1), (state_4, metrics_4) in zip(one, four, strict=True):
+        for name in ("mse_policy_winner", "mse_policy_loser", "mse_reference_winner", "mse_reference_loser"):
+            np.testing.assert_allclose(metrics_4[name], metrics_1[name], rtol=1e-6)
+        np.testing.assert_allclose(metrics_4["loss"], metrics_1["loss"], atol=1e-4)
+        for a, b in zip(leaves(state_4.params), leaves(state_1.params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(leaves(state_4.ref_params), leaves(state_1.ref_params), strict=True):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-5)  # bf16
+
+
+def test_gradient_accumulation_matches_one_batch(one_device):
+    config, (_, _, whole) = one_device
+    config = config.copy_and_resolve_references()
+    config.train.grad_accum = 2
+    _, _, accumulated = run_steps(config, 2, jax.devices()[:1])
+    for (state_a, metrics_a), (state_w, metrics_w) in zip(accumulated, whole, strict=False):
+        np.testing.assert_allclose(metrics_a["grad_norm"], metrics_w["grad_norm"], rtol=1e-4)
+        for a, b in zip(leaves(state_a.params), leaves(state_w.params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
