@@ -1,6 +1,7 @@
 """Tests run on CPU with tiny models the tests build; nothing is downloaded."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Four host devices, so that sharded code runs for real; one-device runs use a sub-mesh.
@@ -12,3 +13,7 @@ import jax
 
 # Parity is checked in full fp32: no reduced-precision matmul passes.
 jax.config.update("jax_default_matmul_precision", "highest")
+# Tests build the same train step several times: compile it once.
+jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "bdpo-tests-jax-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

@@ -27,5 +27,4 @@ def train_config(tiny_cache):
     config = tiny.get_config()
     config.cache = str(tiny_cache)
     config.train.global_batch = 4
-    config.checkpoint.async_save = False
     return config

@@ -1,0 +1,103 @@
+"""Checkpoints: a run that crashes, or gets SIGTERM, and is run again ends with
+the same parameters as an uninterrupted run, bit for bit."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from bdpo_jax import train as train_module
+
+
+def params_of(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+@pytest.fixture(scope="module")
+def config(tiny_cache):
+    from configs.train import tiny
+
+    config = tiny.get_config()
+    config.cache = str(tiny_cache)
+    config.train.global_batch = 4
+    config.train.steps = 4
+    config.train.ref_refresh_every = 2
+    config.checkpoint.every = 2
+    config.checkpoint.async_save = False
+    config.log_every = 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(config, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, train_module.train(config, workdir)
+
+
+def with_step_hook(monkeypatch, hook):
+    """Calls hook(step) before each train step of the runs that follow."""
+    real_build = train_module.build_trainer
+
+    def build(config, devices=None):
+        trainer = real_build(config, devices)
+        step_fn = trainer.step_fn
+
+        def hooked(state, batch):
+            hook(int(state.step))
+            return step_fn(state, batch)
+
+        trainer.step_fn = hooked
+        return trainer
+
+    monkeypatch.setattr(train_module, "build_trainer", build)
+
+
+def test_crash_then_resume_is_bit_exact(config, uninterrupted, tmp_path, monkeypatch):
+    _, expected = uninterrupted
+
+    def crash(step):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+
+    with_step_hook(monkeypatch, crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_module.train(config, tmp_path)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+    monkeypatch.undo()
+    resumed = train_module.train(config, tmp_path)
+    assert int(resumed.step) == 4
+    for a, b in zip(params_of(resumed), params_of(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_then_resume_is_bit_exact(config, uninterrupted, tmp_path, monkeypatch):
+    _, expected = uninterrupted
+
+    def terminate(step):
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with_step_hook(monkeypatch, terminate)
+    stopped = train_module.train(config, tmp_path)
+    assert int(stopped.step) == 1  # finished the step in flight, saved it, stopped
+    assert (tmp_path / "checkpoints" / "1").is_dir()
+    monkeypatch.undo()
+    resumed = train_module.train(config, tmp_path)
+    for a, b in zip(params_of(resumed), params_of(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
+
+
+def test_metrics_and_kept_checkpoints(uninterrupted):
+    workdir, _ = uninterrupted
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    for key in ("loss", "implicit_accuracy", "reward_margin", "grad_norm", "learning_rate", "label_balance"):
+        assert all(np.isfinite(line[key]) for line in lines), key
+    for key in ("mse_policy_winner", "mse_policy_loser", "mse_reference_winner", "mse_reference_loser"):
+        assert key in lines[0]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
