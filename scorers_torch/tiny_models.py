@@ -105,8 +105,23 @@ def make_tiny_pipeline(
     scheduler |= {"beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "epsilon"}
     (directory / "scheduler").mkdir(exist_ok=True)
     (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
-    pipeline = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
-    (directory / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    index = {
+        "_class_name": "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline",
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
+    if family == "sdxl":
+        index |= {
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "force_zeros_for_empty_prompt": True,
+        }
+    else:
+        index |= {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    (directory / "model_index.json").write_text(json.dumps(index))
     return directory
 
 

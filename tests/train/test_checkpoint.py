@@ -101,3 +101,34 @@ def test_metrics_and_kept_checkpoints(uninterrupted):
     for key in ("mse_policy_winner", "mse_policy_loser", "mse_reference_winner", "mse_reference_loser"):
         assert key in lines[0]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+
+
+def test_export_loads_in_diffusers_and_generates(config, uninterrupted, tmp_path):
+    from pathlib import Path
+
+    import torch
+    from diffusers import DiffusionPipeline
+    from flax import nnx
+
+    from bdpo_jax.export import export_pipeline
+    from bdpo_jax.models import UNetConfig, abstract_unet, diffusers_state_dict
+
+    workdir, state = uninterrupted
+    base = Path(json.loads((Path(config.cache) / "manifest.json").read_text())["base_model"]["path"])
+    out = export_pipeline(workdir, base, tmp_path / "exported")
+    pipeline = DiffusionPipeline.from_pretrained(out)
+
+    _, abstract = abstract_unet(UNetConfig.from_json_file(base / "unet" / "config.json"))
+    nnx.replace_by_pure_dict(abstract, jax.device_get(state.params))
+    trained = diffusers_state_dict(abstract)
+    exported = {k: v.numpy() for k, v in pipeline.unet.state_dict().items()}
+    assert exported.keys() == trained.keys()
+    for key, value in trained.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+    generator = torch.manual_seed(0)
+    images = pipeline("a red circle", num_inference_steps=2, height=64, width=64, output_type="np", generator=generator)
+    assert images.images.shape == (1, 64, 64, 3) and np.isfinite(images.images).all()
+    with pytest.raises(FileExistsError):
+        export_pipeline(workdir, base, out)
+    with pytest.raises(ValueError, match="no checkpoint of step 3"):
+        export_pipeline(workdir, base, tmp_path / "other", step=3)
