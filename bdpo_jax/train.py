@@ -32,7 +32,7 @@ from bdpo_jax.data import Augment, CacheDataset, PairLoader
 from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, params_from_diffusers, read_unet
 from bdpo_jax.objective import LabelSource
 from bdpo_jax.schedule import NoiseSchedule
-from bdpo_jax.step import StepConfig, TrainState, init_state, train_step
+from bdpo_jax.step import StepConfig, TrainState, eval_metrics, init_state, train_step
 
 
 class ConfigError(ValueError):
@@ -92,6 +92,7 @@ class Trainer:
     state: TrainState
     state_shardings: Any
     step_fn: Any
+    eval_fn: Any  # (params, ref_params, batch, rng) -> metrics, no update
     schedule: optax.Schedule
 
     def global_batch(self, step: int) -> dict[str, jax.Array]:
@@ -154,7 +155,8 @@ def build_trainer(config: ml_collections.ConfigDict, devices: list | None = None
         jax.process_index(),
         jax.process_count(),
     )
-    return Trainer(config, mesh, loader, state, state_shardings, step_fn, schedule)
+    eval_fn = jax.jit(partial(eval_metrics, graphdef=graphdef, cfg=step_config))
+    return Trainer(config, mesh, loader, state, state_shardings, step_fn, eval_fn, schedule)
 
 
 class MetricsWriter:
@@ -209,15 +211,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
                 metrics["pairs_per_s"] = (done - last_logged) * config.train.global_batch / (now - tick)
                 tick, last_logged = now, done
                 writer.write(done, metrics)
-                logging.info(
-                    "step %d/%d loss %.4f acc %.3f margin %.3f | %.1f pairs/s",
-                    done,
-                    total,
-                    metrics["loss"],
-                    metrics["implicit_accuracy"],
-                    metrics["reward_margin"],
-                    metrics["pairs_per_s"],
-                )
+                if jax.process_index() == 0:
+                    print(
+                        f"step {done}/{total}  loss {metrics['loss']:.4f}  implicit acc {metrics['implicit_accuracy']:.3f}"
+                        f"  margin {metrics['reward_margin']:.3f}  grad norm {metrics['grad_norm']:.3g}"
+                        f"  lr {metrics['learning_rate']:.2e}  {metrics['pairs_per_s']:.1f} pairs/s",
+                        flush=True,
+                    )
             if done % config.checkpoint.every == 0 or done == total or stop["requested"]:
                 manager.save(done, args=ocp.args.StandardSave(state), force=True)
             if stop["requested"]:
