@@ -33,7 +33,7 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict, 
     step = manager.latest_step() if step is None else step
     if step not in steps:
         raise ValueError(f"no checkpoint of step {step} in {directory}; there are {sorted(steps)}")
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), manager.item_metadata(step))
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     manager.close()

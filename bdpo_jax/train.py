@@ -213,7 +213,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
                 writer.write(done, metrics)
                 if jax.process_index() == 0:
                     print(
-                        f"step {done}/{total}  loss {metrics['loss']:.4f}  implicit acc {metrics['implicit_accuracy']:.3f}"
+                        f"step {done}/{total}  loss {metrics['loss']:.4f}"
+                        f"  implicit acc {metrics['implicit_accuracy']:.3f}"
                         f"  margin {metrics['reward_margin']:.3f}  grad norm {metrics['grad_norm']:.3g}"
                         f"  lr {metrics['learning_rate']:.2e}  {metrics['pairs_per_s']:.1f} pairs/s",
                         flush=True,

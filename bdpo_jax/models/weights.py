@@ -182,7 +182,7 @@ def read_safetensors(files: Mapping[str, Path]) -> dict[str, np.ndarray]:
     for key, file in files.items():
         by_file.setdefault(file, []).append(key)
     out = {}
-    with jax.default_device(jax.devices("cpu")[0]):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
         for file, file_keys in by_file.items():
             with safe_open(file, framework="flax") as f:
                 for key in file_keys:
@@ -269,7 +269,7 @@ def save_unet(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config.to_diffusers(), indent=2, sort_keys=True) + "\n")
         tmp = weights.with_suffix(".tmp")
-        with jax.default_device(jax.devices("cpu")[0]):
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
             save_file({k: jnp.asarray(v) for k, v in state_dict.items()}, tmp, metadata={"format": "pt"})
         tmp.replace(weights)
     return weights

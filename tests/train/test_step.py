@@ -77,3 +77,42 @@ def test_gradient_accumulation_matches_one_batch(one_device):
         np.testing.assert_allclose(metrics_a["grad_norm"], metrics_w["grad_norm"], rtol=1e-4)
         for a, b in zip(leaves(state_a.params), leaves(state_w.params), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_match_one(one_device, tiny_cache, tmp_path):
+    """Two real processes (jax.distributed on localhost, 2 CPU devices each)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import jax.numpy as jnp
+
+    _, (_, _, history) = one_device
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")])
+    out = tmp_path / "result.json"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(port), str(i), str(tiny_cache), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
+    result = json.loads(out.read_text())
+    expected_losses = [float(m["loss"]) for _, m in history[:2]]
+    np.testing.assert_allclose(result["losses"], expected_losses, atol=1e-4)  # see the module docstring
+    params = history[1][0].params
+    expected = float(sum(jnp.sum(jnp.asarray(x, jnp.float32) ** 2) for x in jax.tree.leaves(params)))
+    np.testing.assert_allclose(result["params_sum_of_squares"], expected, rtol=1e-5)
