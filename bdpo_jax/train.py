@@ -159,6 +159,28 @@ def build_trainer(config: ml_collections.ConfigDict, devices: list | None = None
     return Trainer(config, mesh, loader, state, state_shardings, step_fn, eval_fn, schedule)
 
 
+# Dense bf16 peak per device, for MFU; a device not listed reports no MFU.
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": 989.0,
+    "NVIDIA H200": 989.0,
+    "TPU v4": 275.0,
+    "TPU v5p": 459.0,
+    "TPU v5 lite": 197.0,
+}
+
+
+def step_flops(trainer: Trainer, state: TrainState, batch: dict) -> float | None:
+    """FLOPs of one global step by XLA's cost analysis of the lowered step."""
+    try:
+        analysis = trainer.step_fn.lower(state, batch).cost_analysis()
+    except Exception:  # not every backend offers it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops else None
+
+
 class MetricsWriter:
     """JSON lines from process 0; one line per logged step."""
 
@@ -200,6 +222,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     writer = MetricsWriter(workdir)
     start_step, total = int(state.step), config.train.steps
+    flops = step_flops(trainer, state, trainer.global_batch(start_step)) if start_step < total else None
+    peak = PEAK_TFLOPS.get(jax.devices()[0].device_kind)
     tick, last_logged = time.perf_counter(), start_step
     try:
         for step in range(start_step, total):
@@ -208,7 +232,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
             if done % config.log_every == 0 or done == total:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
-                metrics["pairs_per_s"] = (done - last_logged) * config.train.global_batch / (now - tick)
+                steps_per_s = (done - last_logged) / (now - tick)
+                metrics["pairs_per_s"] = steps_per_s * config.train.global_batch
+                if flops:
+                    metrics["tflops_per_s_per_device"] = flops * steps_per_s / 1e12 / jax.device_count()
+                    if peak:
+                        metrics["mfu"] = metrics["tflops_per_s_per_device"] / peak
                 tick, last_logged = now, done
                 writer.write(done, metrics)
                 if jax.process_index() == 0:

@@ -100,6 +100,7 @@ def test_metrics_and_kept_checkpoints(uninterrupted):
         assert all(np.isfinite(line[key]) for line in lines), key
     for key in ("mse_policy_winner", "mse_policy_loser", "mse_reference_winner", "mse_reference_loser"):
         assert key in lines[0]
+    assert all(line["tflops_per_s_per_device"] > 0 and line["pairs_per_s"] > 0 for line in lines)
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
 
 

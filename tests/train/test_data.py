@@ -1,0 +1,62 @@
+"""The cache loader: deterministic order, per-process slices, augmentation; and
+the config checked against the cache before anything compiles."""
+
+import numpy as np
+import pytest
+
+from bdpo_jax.data import Augment, CacheDataset, PairLoader
+from bdpo_jax.models import UNetConfig
+from bdpo_jax.models.presets import unet_preset
+from bdpo_jax.train import ConfigError, check_config_against_cache
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_cache):
+    return CacheDataset(tiny_cache)
+
+
+def test_order_is_a_function_of_seed_and_step(dataset):
+    a, b = PairLoader(dataset, 8, seed=3), PairLoader(dataset, 8, seed=3)
+    for step in (0, 1, a.batches_per_epoch + 2):
+        np.testing.assert_array_equal(a.batch(step)["latents_0"], b.batch(step)["latents_0"])
+    epoch_0 = np.concatenate([a.global_indices(s) for s in range(a.batches_per_epoch)])
+    assert len(set(epoch_0)) == len(epoch_0)  # no pair twice in an epoch
+    assert not np.array_equal(a.global_indices(0), a.global_indices(a.batches_per_epoch))  # reshuffled
+    assert not np.array_equal(a.global_indices(0), PairLoader(dataset, 8, seed=4).global_indices(0))
+
+
+def test_processes_read_their_slices_of_the_global_batch(dataset):
+    augment = Augment(flip=True, caption_dropout=0.5)
+    whole = PairLoader(dataset, 8, seed=0, augment=augment).batch(5)
+    parts = [PairLoader(dataset, 8, seed=0, augment=augment, process_index=i, process_count=2).batch(5) for i in (0, 1)]
+    for key, value in whole.items():
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value, err_msg=key)
+
+
+def test_flip_and_caption_dropout(dataset):
+    plain = PairLoader(dataset, 8, seed=0).batch(0)
+    flipped = PairLoader(dataset, 8, seed=0, augment=Augment(flip=True)).batch(0)
+    changed = [not np.array_equal(f, p) for f, p in zip(flipped["latents_0"], plain["latents_0"], strict=True)]
+    assert 0 < sum(changed) < 8
+    for i in np.flatnonzero(changed):
+        np.testing.assert_array_equal(flipped["latents_0"][i], plain["latents_0"][i][:, ::-1])
+        np.testing.assert_array_equal(flipped["latents_1"][i], plain["latents_1"][i][:, ::-1])
+    dropped = PairLoader(dataset, 8, seed=0, augment=Augment(caption_dropout=1.0)).batch(0)
+    assert all(np.array_equal(t, dataset.empty_text) for t in dropped["text_states"])
+
+
+def test_loader_errors(dataset):
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        PairLoader(dataset, 8, seed=0, process_count=3)
+    with pytest.raises(ValueError, match="larger than the cache"):
+        PairLoader(dataset, 10_000, seed=0)
+
+
+def test_config_mismatches_are_named(dataset, train_config):
+    with pytest.raises(ConfigError, match="text states are 32 wide, the UNet attends to 48"):
+        check_config_against_cache(train_config, dataset, UNetConfig.from_diffusers(unet_preset("tiny-sd2")))
+    with pytest.raises(ConfigError, match="SDXL-style"):
+        check_config_against_cache(train_config, dataset, UNetConfig.from_diffusers(unet_preset("tiny-sdxl")))
+    train_config.train.grad_accum = 3
+    with pytest.raises(ConfigError, match="grad_accum 3"):
+        check_config_against_cache(train_config, dataset, UNetConfig.from_diffusers(unet_preset("micro-sd1")))
