@@ -1,0 +1,179 @@
+"""One BalancedDPO train step, ours (jit, bf16 compute, AdamW) against the
+PyTorch + diffusers reference step (policy forward and backward on winner and
+loser with shared noise, reference forward, AdamW, bf16 autocast), side by side.
+
+    python -m bench.dpo_step --preset sd15 --pairs 8 --size 64     # SD1.5 shapes, on a GPU
+    python -m bench.dpo_step --preset sdxl --pairs 4 --size 128 --remat save_dots
+    python -m bench.dpo_step --preset micro-sd1 --pairs 4 --size 16 --steps 2   # CPU smoke run
+
+Reports pairs/s, peak memory, TFLOP/s (XLA's cost analysis of our step) and
+MFU where the device's peak is known, and the ratio ours / reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+from flax import nnx
+
+from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, params_from_diffusers
+from bdpo_jax.models.presets import unet_preset
+from bdpo_jax.objective import LabelSource
+from bdpo_jax.parity import random_diffusers_unet
+from bdpo_jax.schedule import NoiseSchedule
+from bdpo_jax.step import StepConfig, init_state, train_step
+from bdpo_jax.train import PEAK_TFLOPS
+from bench.unet import jax_peak_bytes, timed
+
+
+def synthetic_batch(config: UNetConfig, pairs: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    batch = {
+        "latents_0": rng.standard_normal((pairs, size, size, config.in_channels), np.float32),
+        "latents_1": rng.standard_normal((pairs, size, size, config.in_channels), np.float32),
+        "text_states": rng.standard_normal((pairs, 77, config.cross_attention_dim[0]), np.float32),
+        "label": rng.choice([-1, 1], pairs).astype(np.int8),
+        "votes": rng.choice([-1, 1], (pairs, 3)).astype(np.int8),
+        "label_0": rng.integers(0, 2, pairs).astype(np.float32),
+        "scores": rng.standard_normal((pairs, 3, 2)).astype(np.float32),
+    }
+    if config.pooled_text_dim:
+        batch["pooled"] = rng.standard_normal((pairs, config.pooled_text_dim), np.float32)
+    return batch
+
+
+def ours(config: UNetConfig, tensors: dict, batch: dict, opts: ModelOptions, steps: int, beta: float) -> dict:
+    graphdef, abstract = abstract_unet(config, opts)
+    params = jax.tree.map(jnp.asarray, nnx.to_pure_dict(params_from_diffusers(abstract, tensors)))
+    optimizer = optax.adamw(1e-5)
+    size = batch["latents_0"].shape[1]
+    cfg = StepConfig(
+        NoiseSchedule.from_config({}),
+        LabelSource("vote"),
+        beta,
+        ref_refresh_every=100,
+        sdxl_time_ids=(8.0 * size,) * 2 + (0.0, 0.0) + (8.0 * size,) * 2 if config.pooled_text_dim else None,
+    )
+    step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, cfg=cfg, learning_rate=lambda s: 1e-5),
+        donate_argnums=(0,),
+    )
+    state = init_state(params, optimizer, 0)
+    device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    analysis = step.lower(state, device_batch).cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    flops = float(analysis.get("flops", 0.0)) if analysis else 0.0
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(holder[0], device_batch)
+        return metrics
+
+    seconds = timed(run, jax.block_until_ready, steps)
+    return {"seconds_per_step": seconds, "flops_per_step": flops, "peak_bytes": jax_peak_bytes()}
+
+
+def reference(torch_unet, batch: dict, steps: int, beta: float, device: str) -> dict:
+    """The PyTorch Diffusion-DPO step, as the reference implementations write it."""
+    policy = torch_unet.to(device).train()
+    ref = copy.deepcopy(policy).eval().requires_grad_(False).to(torch.bfloat16)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
+    alphas = torch.tensor(NoiseSchedule.from_config({}).alphas_cumprod, device=device, dtype=torch.float32)
+    t = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+    winners = torch.where(t["label"][:, None, None, None] > 0, t["latents_0"], t["latents_1"])
+    losers = torch.where(t["label"][:, None, None, None] > 0, t["latents_1"], t["latents_0"])
+    latents = torch.cat([winners, losers]).permute(0, 3, 1, 2).contiguous()
+    context = torch.cat([t["text_states"], t["text_states"]])
+    added = None
+    if "pooled" in t:
+        size = 8.0 * latents.shape[-1]
+        time_ids = torch.tensor([size, size, 0, 0, size, size], device=device).repeat(latents.shape[0], 1)
+        added = {"text_embeds": torch.cat([t["pooled"], t["pooled"]]), "time_ids": time_ids}
+
+    def step():
+        n = latents.shape[0] // 2
+        noise = torch.randn_like(latents[:n]).repeat(2, 1, 1, 1)
+        timesteps = torch.randint(0, 1000, (n,), device=device).repeat(2)
+        a = alphas[timesteps][:, None, None, None]
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            pred = policy(noisy, timesteps, context, added_cond_kwargs=added).sample
+            with torch.no_grad():
+                ref_pred = ref(noisy, timesteps, context, added_cond_kwargs=added).sample
+        model_losses = (pred.float() - noise).pow(2).mean(dim=[1, 2, 3])
+        ref_losses = (ref_pred.float() - noise).pow(2).mean(dim=[1, 2, 3])
+        model_diff = model_losses[:n] - model_losses[n:]
+        ref_diff = ref_losses[:n] - ref_losses[n:]
+        loss = -F.logsigmoid(-0.5 * beta * (model_diff - ref_diff)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def wait(_):
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(step, wait, steps)
+    return {"seconds_per_step": seconds, "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="sd15")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64, help="latent height and width")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
+    parser.add_argument("--remat", default="none", choices=["none", "full", "save_dots"])
+    parser.add_argument("--beta", type=float, default=5000.0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config_dict = unet_preset(args.preset)
+    config = UNetConfig.from_diffusers(config_dict)
+    torch_unet = random_diffusers_unet(config_dict)
+    tensors = {k: v.detach().numpy() for k, v in torch_unet.state_dict().items()}
+    batch = synthetic_batch(config, args.pairs, args.size)
+    opts = ModelOptions(dtype=jnp.bfloat16, attention=args.attention, remat=args.remat)
+    ours_result = ours(config, tensors, batch, opts, args.steps, args.beta)
+    del tensors
+    if args.remat != "none":
+        torch_unet.enable_gradient_checkpointing()
+    reference_result = reference(torch_unet, batch, args.steps, args.beta, device)
+
+    kind = jax.devices()[0].device_kind
+    tflops = ours_result["flops_per_step"] / ours_result["seconds_per_step"] / 1e12
+    result = {
+        "preset": args.preset,
+        "pairs": args.pairs,
+        "latent_size": args.size,
+        "device": kind,
+        "ours_pairs_per_s": args.pairs / ours_result["seconds_per_step"],
+        "reference_pairs_per_s": args.pairs / reference_result["seconds_per_step"],
+        "ratio_ours_over_reference": reference_result["seconds_per_step"] / ours_result["seconds_per_step"],
+        "ours_tflops_per_s": tflops,
+        "ours_mfu": tflops / PEAK_TFLOPS[kind] if kind in PEAK_TFLOPS else None,
+        "ours_peak_bytes": ours_result["peak_bytes"],
+        "reference_peak_bytes": reference_result["peak_bytes"],
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
