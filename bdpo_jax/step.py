@@ -93,14 +93,19 @@ def loss_and_metrics(
     return loss, metrics | {"loss": loss}
 
 
+def draw_noise_times_labels(rng: jax.Array, batch: dict, cfg: StepConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One noise draw and one timestep per pair (shared by its two images), and the pairs' labels."""
+    noise_rng, time_rng, label_rng = jax.random.split(rng, 3)
+    noise = jax.random.normal(noise_rng, batch["latents_0"].shape, jnp.float32)
+    t = jax.random.randint(time_rng, (noise.shape[0],), 0, cfg.schedule.num_timesteps)
+    return noise, t, pair_labels(batch, cfg.label_source, label_rng)
+
+
 def eval_metrics(
     params: dict, ref_params: dict, batch: dict, rng: jax.Array, *, graphdef: nnx.GraphDef, cfg: StepConfig
 ) -> dict[str, jax.Array]:
     """The step's metrics without an update (held-out implicit accuracy, ...)."""
-    noise_rng, time_rng, label_rng = jax.random.split(rng, 3)
-    noise = jax.random.normal(noise_rng, batch["latents_0"].shape, jnp.float32)
-    t = jax.random.randint(time_rng, (noise.shape[0],), 0, cfg.schedule.num_timesteps)
-    labels = pair_labels(batch, cfg.label_source, label_rng)
+    noise, t, labels = draw_noise_times_labels(rng, batch, cfg)
     return loss_and_metrics(params, ref_params, batch, noise, t, labels, graphdef, cfg)[1]
 
 
@@ -115,13 +120,9 @@ def train_step(
     constrain_micro: Callable[[Any], Any] = lambda tree: tree,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step over the global batch, in ``grad_accum`` micro-batches."""
-    step_rng = jax.random.fold_in(state.rng, state.step)
-    noise_rng, time_rng, label_rng = jax.random.split(step_rng, 3)
     pairs = batch["latents_0"].shape[0]
     # Drawn for the whole batch at once, so that accumulation does not change them.
-    noise = jax.random.normal(noise_rng, batch["latents_0"].shape, jnp.float32)
-    t = jax.random.randint(time_rng, (pairs,), 0, cfg.schedule.num_timesteps)
-    labels = pair_labels(batch, cfg.label_source, label_rng)
+    noise, t, labels = draw_noise_times_labels(jax.random.fold_in(state.rng, state.step), batch, cfg)
 
     accum = cfg.grad_accum
     if pairs % accum:

@@ -32,7 +32,7 @@ from bdpo_jax.parity import random_diffusers_unet
 from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import StepConfig, init_state, train_step
 from bdpo_jax.train import PEAK_TFLOPS
-from bench.unet import jax_peak_bytes, timed
+from bench.unet import jax_peak_bytes, timed, timed_torch
 
 
 def synthetic_batch(config: UNetConfig, pairs: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -119,14 +119,8 @@ def reference(torch_unet, batch: dict, steps: int, beta: float, device: str) -> 
         optimizer.step()
         return loss
 
-    def wait(_):
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds = timed(step, wait, steps)
-    return {"seconds_per_step": seconds, "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+    seconds, peak = timed_torch(step, device, steps)
+    return {"seconds_per_step": seconds, "peak_bytes": peak}
 
 
 def main() -> None:

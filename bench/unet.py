@@ -52,6 +52,15 @@ def timed(fn: Callable[[], object], wait: Callable[[object], object], steps: int
     return float(np.median(times))
 
 
+def timed_torch(fn: Callable[[], object], device: str, steps: int) -> tuple[float, int | None]:
+    """Median seconds per call and peak CUDA memory (None off CUDA)."""
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(fn, lambda _: torch.cuda.synchronize() if cuda else None, steps)
+    return seconds, torch.cuda.max_memory_allocated() if cuda else None
+
+
 def jax_peak_bytes() -> int | None:
     stats = jax.devices()[0].memory_stats() or {}
     return stats.get("peak_bytes_in_use")
@@ -120,15 +129,8 @@ def bench_preset(name: str, batch: int, size: int, steps: int, opts: ModelOption
             ).sample
         torch.mean(out.float() ** 2).backward()
 
-    def wait(_):
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    torch_seconds = timed(torch_step, wait, steps)
+    torch_seconds, result["diffusers_peak_bytes"] = timed_torch(torch_step, device, steps)
     result["diffusers_eager_fwd_bwd_ms"] = 1e3 * torch_seconds
-    result["diffusers_peak_bytes"] = torch.cuda.max_memory_allocated() if device == "cuda" else None
     result["speedup_ours_over_diffusers_eager"] = torch_seconds / jax_seconds
     return result
 

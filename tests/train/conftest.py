@@ -1,9 +1,9 @@
 """A small preprocessing cache (micro UNet, demo scorers), built once per session."""
 
 import pytest
+from train_fixtures import tiny_train_config
 
 from configs.preprocess import demo
-from configs.train import tiny
 from scorers_torch import preprocess
 from scorers_torch.synthetic import make_preference_parquet
 from scorers_torch.tiny_models import make_tiny_pipeline
@@ -24,7 +24,4 @@ def tiny_cache(tmp_path_factory):
 
 @pytest.fixture
 def train_config(tiny_cache):
-    config = tiny.get_config()
-    config.cache = str(tiny_cache)
-    config.train.global_batch = 4
-    return config
+    return tiny_train_config(tiny_cache)

@@ -8,6 +8,7 @@ import signal
 import jax
 import numpy as np
 import pytest
+from train_fixtures import tiny_train_config
 
 from bdpo_jax import train as train_module
 
@@ -18,13 +19,7 @@ def params_of(state):
 
 @pytest.fixture(scope="module")
 def config(tiny_cache):
-    from configs.train import tiny
-
-    config = tiny.get_config()
-    config.cache = str(tiny_cache)
-    config.train.global_batch = 4
-    config.train.steps = 4
-    config.train.ref_refresh_every = 2
+    config = tiny_train_config(tiny_cache, steps=4, ref_refresh_every=2)
     config.checkpoint.every = 2
     config.checkpoint.async_save = False
     config.log_every = 1

@@ -8,6 +8,7 @@ beta * 1e-7: MSEs are compared to 1e-6, the loss to 1e-4 at beta = 500.
 import jax
 import numpy as np
 import pytest
+from train_fixtures import tiny_train_config
 
 from bdpo_jax.train import build_trainer
 
@@ -32,12 +33,7 @@ def same(a, b):
 
 @pytest.fixture(scope="module")
 def one_device(tiny_cache):
-    from configs.train import tiny
-
-    config = tiny.get_config()
-    config.cache = str(tiny_cache)
-    config.train.global_batch = 4
-    config.train.ref_refresh_every = 2
+    config = tiny_train_config(tiny_cache, ref_refresh_every=2)
     return config, run_steps(config, 3, jax.devices()[:1])
 
 
