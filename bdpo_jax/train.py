@@ -26,6 +26,7 @@ import optax
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
+from tqdm import tqdm
 
 from bdpo_jax import sharding
 from bdpo_jax.data import Augment, CacheDataset, PairLoader
@@ -182,16 +183,29 @@ def step_flops(trainer: Trainer, state: TrainState, batch: dict) -> float | None
 
 
 class MetricsWriter:
-    """JSON lines from process 0; one line per logged step."""
+    """JSON lines and TensorBoard events, from process 0 only."""
 
     def __init__(self, workdir: Path):
         self.path = workdir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
+        self.tensorboard = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        for name, value in metrics.items():
+            self.tensorboard.add_scalar(name, value, step)
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
@@ -225,10 +239,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     flops = step_flops(trainer, state, trainer.global_batch(start_step)) if start_step < total else None
     peak = PEAK_TFLOPS.get(jax.devices()[0].device_kind)
     tick, last_logged = time.perf_counter(), start_step
+    progress = tqdm(total=total, initial=start_step, desc="steps", disable=jax.process_index() != 0)
     try:
         for step in range(start_step, total):
             state, metrics = trainer.step_fn(state, trainer.global_batch(step))
             done = step + 1
+            progress.update(1)
             if done % config.log_every == 0 or done == total:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
@@ -240,13 +256,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
                         metrics["mfu"] = metrics["tflops_per_s_per_device"] / peak
                 tick, last_logged = now, done
                 writer.write(done, metrics)
+                progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_per_s=f"{metrics['pairs_per_s']:.1f}")
                 if jax.process_index() == 0:
-                    print(
+                    tqdm.write(
                         f"step {done}/{total}  loss {metrics['loss']:.4f}"
                         f"  implicit acc {metrics['implicit_accuracy']:.3f}"
                         f"  margin {metrics['reward_margin']:.3f}  grad norm {metrics['grad_norm']:.3g}"
-                        f"  lr {metrics['learning_rate']:.2e}  {metrics['pairs_per_s']:.1f} pairs/s",
-                        flush=True,
+                        f"  lr {metrics['learning_rate']:.2e}  {metrics['pairs_per_s']:.1f} pairs/s"
                     )
             if done % config.checkpoint.every == 0 or done == total or stop["requested"]:
                 manager.save(done, args=ocp.args.StandardSave(state), force=True)
@@ -254,6 +270,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
                 logging.warning("SIGTERM: saved step %d, exiting", done)
                 break
     finally:
+        progress.close()
+        writer.close()
         manager.wait_until_finished()
         manager.close()
         signal.signal(signal.SIGTERM, previous_handler)

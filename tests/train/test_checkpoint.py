@@ -96,6 +96,8 @@ def test_metrics_and_kept_checkpoints(uninterrupted):
     for key in ("mse_policy_winner", "mse_policy_loser", "mse_reference_winner", "mse_reference_loser"):
         assert key in lines[0]
     assert all(line["tflops_per_s_per_device"] > 0 and line["pairs_per_s"] > 0 for line in lines)
+    events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
 
 
@@ -128,3 +130,17 @@ def test_export_loads_in_diffusers_and_generates(config, uninterrupted, tmp_path
         export_pipeline(workdir, base, out)
     with pytest.raises(ValueError, match="no checkpoint of step 3"):
         export_pipeline(workdir, base, tmp_path / "other", step=3)
+
+
+def test_command_line(tiny_cache, tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "bdpo_jax.train", "--config", "configs/train/tiny.py", f"--workdir={tmp_path}"]
+    args = [f"--config.cache={tiny_cache}", "--config.train.global_batch=4", "--config.train.steps=2"]
+    done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    assert "step 2/2" in done.stdout
+    bad = subprocess.run([*base, *args, "--config.train.betta=1"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "betta" in bad.stderr
