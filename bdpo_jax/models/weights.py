@@ -136,11 +136,10 @@ def find_unet_dir(path: str | os.PathLike) -> Path:
 
 def weight_files(unet_dir: Path, variant: str | None = None) -> dict[str, Path]:
     """Maps each tensor name to its safetensors file: one file or an index of shards."""
-    stem = f"{WEIGHTS_NAME}.{variant}" if variant else WEIGHTS_NAME
-    single = unet_dir / f"{stem}.safetensors"
-    index_names = [f"{WEIGHTS_NAME}.safetensors.index.{variant}.json", f"{stem}.safetensors.index.json"]
-    if variant is None:
-        index_names = [f"{WEIGHTS_NAME}.safetensors.index.json"]
+    suffix = f".{variant}" if variant else ""
+    single = unet_dir / f"{WEIGHTS_NAME}{suffix}.safetensors"
+    # diffusers writes a variant's index as diffusion_pytorch_model.safetensors.index.fp16.json
+    index_names = [f"{WEIGHTS_NAME}.safetensors.index{suffix}.json"]
     if single.is_file():
         from safetensors import safe_open
 
