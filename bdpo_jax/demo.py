@@ -34,16 +34,9 @@ def demo_configs(workdir: Path, steps: int):
 
     preprocess_config = preprocess_demo.get_config()
     preprocess_config.base_model = str(workdir / "base")
-    train_config = tiny.get_config()
+    train_config = tiny.get_config("demo")
     train_config.cache = str(workdir / "cache-train")
     train_config.train.steps = steps
-    train_config.train.global_batch = 16
-    train_config.train.beta = 2000.0
-    train_config.train.ref_refresh_every = 100
-    train_config.optimizer.learning_rate = 3e-4
-    train_config.optimizer.warmup_steps = 10
-    train_config.checkpoint.every = 100
-    train_config.log_every = 25
     return preprocess_config, train_config
 
 

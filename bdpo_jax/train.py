@@ -118,14 +118,15 @@ def build_trainer(config: ml_collections.ConfigDict, devices: list | None = None
         weights=tuple(config.train.label_weights) if config.train.label_weights else None,
         score_scale=dataset.score_scale() if config.train.label_source == "normalized" else None,
     )
-    h, w, _ = dataset.latent_shape
+    pixels = float(dataset.manifest["base_model"]["resolution"])
     step_config = StepConfig(
         schedule=NoiseSchedule.from_pipeline(base_dir),
         label_source=label_source,
         beta=config.train.beta,
         ref_refresh_every=config.train.ref_refresh_every,
         grad_accum=config.train.grad_accum,
-        sdxl_time_ids=(8.0 * h, 8.0 * w, 0.0, 0.0, 8.0 * h, 8.0 * w) if unet_config.pooled_text_dim else None,
+        # SDXL micro-conditioning: original size, crop corner, target size, in pixels
+        sdxl_time_ids=(pixels, pixels, 0.0, 0.0, pixels, pixels) if unet_config.pooled_text_dim else None,
     )
     optimizer, schedule = make_optimizer(config.optimizer)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)

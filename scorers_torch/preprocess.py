@@ -198,11 +198,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     if worker == 0:
         write_empty_prompt(output, encoders)
 
-    todo = [
-        i
-        for i in range(job["num_shards"])
-        if i % num_workers == worker and i not in cache_format.completed_shards(output)
-    ]
+    finished = cache_format.completed_shards(output)
+    todo = [i for i in range(job["num_shards"]) if i % num_workers == worker and i not in finished]
     num_rows = job["source"]["rows"]
     logging.info("worker %d/%d: %d shards to do of %d", worker, num_workers, len(todo), job["num_shards"])
     progress = tqdm(total=sum(min(num_rows, (i + 1) * config.shard_size) - i * config.shard_size for i in todo))
