@@ -1,0 +1,13 @@
+"""Benchmarks: each script prints its result as JSON and, with ``--out``, writes it there."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def report(result: Any, out: str | None) -> None:
+    """Prints ``result`` as JSON and writes the same to ``out`` when given (a device run's $OUT)."""
+    text = json.dumps(result, indent=2)
+    print(text, flush=True)
+    if out:
+        Path(out).write_text(text)

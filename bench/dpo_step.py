@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ from bdpo_jax.models.presets import unet_preset
 from bdpo_jax.parity import random_diffusers_unet
 from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import StepConfig, init_state, train_step
+from bench import report
 from bench.unet import jax_peak_bytes, timed, timed_torch
 
 # Stable Diffusion's training schedule, as its pipelines' scheduler configs give it.
@@ -173,10 +173,7 @@ def main() -> None:
         "ours_peak_bytes": ours_result["peak_bytes"],
         "reference_peak_bytes": reference_result["peak_bytes"],
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ pictures; their difference is the generation and scoring time.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench import report
 from configs.evaluate import tiny
 from scorers_torch import evaluate
 from scorers_torch.tiny_models import make_tiny_pipeline
@@ -63,9 +63,7 @@ def main() -> None:
         "win_rates": {f"{w.a} vs {w.b} {w.metric}": round(w.win_rate, 3) for w in results.tables.win_rates},
     }
     print(results.text)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ it is compared with: 10x the pairs/s that the train step needs (the issue's
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from bdpo_jax import cache as cache_format
 from bdpo_jax import sharding
 from bdpo_jax.data import Augment, CacheDataset, PairLoader, Prefetcher
+from bench import report
 
 SHAPES = {
     # latent h, w, c; text length and width; pooled width; pairs per step; target pairs/s of the step
@@ -63,6 +63,7 @@ def write_synthetic_cache(root: Path, shape: dict, pairs: int, shard_size: int, 
         "base_model": base,
         "scorers": [{"name": f"scorer{k}"} for k in range(scorers)],
         "shards": shards,
+        "num_shards": len(shards),
         "counts": {"pairs": pairs},
     }
     cache_format.write_json_atomic(root / "manifest.json", manifest)
@@ -138,10 +139,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     results = [measure(name, args.pairs, args.steps, args.prefetch) for name in args.shapes.split(",")]
-    report = {"device": jax.devices()[0].device_kind, "cpu_cores": _cores(), "results": results}
-    print(json.dumps(report, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    result = {"device": jax.devices()[0].device_kind, "cpu_cores": _cores(), "results": results}
+    report(result, args.out)
 
 
 def _cores() -> int:

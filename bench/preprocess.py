@@ -12,7 +12,6 @@ Times whole shards (decode, score, vote, encode, write) after one warm-up shard.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from bdpo_jax import cache as cache_format
+from bench import report
 from configs.preprocess import demo
 from scorers_torch import preprocess
 from scorers_torch.encoders import BaseModelEncoders
@@ -167,9 +167,7 @@ def main() -> None:
         "scores_finite": finite,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

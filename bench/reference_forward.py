@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from bdpo_jax.models.presets import unet_preset
 from bdpo_jax.models.weights import random_unet
 from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import StepConfig, init_state, train_step
+from bench import report
 from bench.dpo_step import synthetic_batch
 from bench.unet import timed
 
@@ -111,10 +111,7 @@ def main() -> None:
     }
     if args.time:
         result["time_ratio_stacked_over_separate"] = stacked["seconds_per_step"] / separate["seconds_per_step"]
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":
