@@ -5,50 +5,10 @@ that gs:// stand-in, as the trainer will write them."""
 
 import uuid
 
-import fsspec
 import numpy as np
 import pytest
 
 from bdpo_jax import storage
-from launch.local import free_port
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's S3 server on localhost; s3fs reaches it through fsspec's config, as a user sets an endpoint."""
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    pytest.importorskip("s3fs", reason="s3fs is not installed")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gcs_server():
-    """gcp-storage-emulator on localhost, in memory."""
-    emulator = pytest.importorskip("gcp_storage_emulator.server", reason="gcp-storage-emulator is not installed")
-    pytest.importorskip("gcsfs", reason="gcsfs is not installed")
-    port = free_port()
-    server = emulator.create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def gcs_bucket(gcs_server, monkeypatch):
-    """A new bucket; gcsfs (STORAGE_EMULATOR_HOST) and tensorstore (TENSORSTORE_GCS_HTTP_URL) point at the emulator."""
-    import gcsfs
-
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
-    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", gcs_server)
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    bucket = f"bdpo-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("gs").mkdir(bucket)
-    yield bucket
-    gcsfs.GCSFileSystem.clear_instance_cache()
 
 
 @pytest.fixture(params=["local", "memory", "s3", "gcs"])
@@ -64,18 +24,7 @@ def root(request, tmp_path, monkeypatch):
     if request.param == "gcs":
         yield f"gs://{request.getfixturevalue('gcs_bucket')}/cache"
         return
-    endpoint = request.getfixturevalue("s3_server")
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    bucket = f"bdpo-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3").mkdir(bucket)
-    yield f"s3://{bucket}/cache"
-    s3fs.S3FileSystem.clear_instance_cache()
+    yield f"s3://{request.getfixturevalue('s3_bucket')}/cache"
 
 
 def shard_arrays(rows: int = 37) -> dict[str, np.ndarray]:
