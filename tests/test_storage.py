@@ -88,6 +88,29 @@ def test_a_killed_writer_leaves_nothing_complete(root):
     assert storage.complete_children(shards) == ["00002"]
 
 
+def test_create_exclusive_append_and_rename(root):
+    """A run's lock, metrics and set-aside checkpoints: a name is created once; a file grows; a folder moves."""
+    lock = storage.join(root, "run.lock")
+    assert storage.create_exclusive(lock, b"first")
+    assert not storage.create_exclusive(lock, b"second")
+    assert storage.read_bytes(lock) == b"first"
+    if root.startswith("s3://"):  # the precondition itself, which closes the race between check and create
+        fs, path = storage.filesystem(lock)
+        with pytest.raises(FileExistsError):
+            fs.pipe_file(path, b"second", mode="create")
+    metrics = storage.join(root, "metrics.jsonl")
+    storage.append_text(metrics, "1\n")
+    storage.append_text(metrics, "2\n")
+    assert storage.read_text(metrics) == "1\n2\n"
+    storage.write_text(storage.join(root, "4", "a.txt"), "a")
+    storage.write_text(storage.join(root, "4", "sub", "b.txt"), "b")
+    storage.rename(storage.join(root, "4"), storage.join(root, "damaged-4"))
+    assert storage.list_names(root) == ["damaged-4", "metrics.jsonl", "run.lock"]
+    assert storage.read_text(storage.join(root, "damaged-4", "sub", "b.txt")) == "b"
+    checksums = storage.stored_checksums(storage.join(root, "damaged-4"))
+    assert sorted(checksums) == ["a.txt", "sub/b.txt"]
+
+
 def test_rows_as_numpy_reads_them(root):
     array = shard_arrays()["latents_0"]
     path = storage.join(root, "latents_0.npy")
