@@ -1,7 +1,7 @@
 """bdpo_jax.storage on a local disk, fsspec's memory file system, S3 as served
 by moto's server on localhost and GCS as served by gcp-storage-emulator (the
-same s3fs and gcsfs code paths as the real stores); and orbax checkpoints on
-that gs:// stand-in, as the trainer will write them."""
+same s3fs and gcsfs code paths as the real stores). Orbax checkpoints in the
+gs:// stand-in: tests/train/test_checkpoint.py, a train run in a gs:// workdir."""
 
 import uuid
 
@@ -169,26 +169,6 @@ def test_unreadable_arrays_are_named(root):
     else:
         with pytest.raises(ValueError, match="Fortran"):
             storage.open_array(path)
-
-
-def test_orbax_checkpoints_on_the_gcs_stand_in(gcs_bucket):
-    """orbax on gs:// (etils.epath through gcsfs, arrays through tensorstore's gcs driver): what it
-    needs to checkpoint into a bucket, shown against the emulator."""
-    import jax.numpy as jnp
-    import orbax.checkpoint as ocp
-
-    state = {"w": jnp.arange(12.0).reshape(3, 4), "step": jnp.asarray(3)}
-    directory = f"gs://{gcs_bucket}/ckpt"
-    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        manager.save(1, args=ocp.args.StandardSave(state))
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        assert manager.latest_step() == 1
-        restored = manager.restore(1, args=ocp.args.StandardRestore(state))
-    np.testing.assert_array_equal(restored["w"], state["w"])
-    assert int(restored["step"]) == 3
-    # No rename in a bucket: orbax marks a finished step with a commit file instead.
-    assert storage.exists(storage.join(directory, "1", "commit_success.txt"))
 
 
 def upload(local_dir, root):
