@@ -221,7 +221,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":  # flags are defined here, so that importing this module defines none
     config_flags.DEFINE_config_file("config", None, "A configs/train/*.py file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; a run there resumes.")
+    flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (a path or gs:// URL); a run there resumes.")
     flags.DEFINE_bool("allow_config_change", False, "Resume even where the config changes the data or model.")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main_with_clear_errors(main))
