@@ -8,6 +8,13 @@ run restores the newest checkpoint that matches its record and restores
 without error, and moves damaged ones aside (``damaged-STEP``) with a warning. A LoRA run's state holds the
 adapters, not the base they add to: ``base_model.json`` in the workdir names
 the base (``bdpo_jax.workdir``), so it is checked, not copied.
+
+The workdir may be a gs:// URL (orbax writes through etils.epath and
+tensorstore's gcs driver; ``TENSORSTORE_GCS_HTTP_URL`` points it at an
+emulator). There orbax writes a step in place and marks it finished with
+``commit_success.txt``, and the checksum record holds the store's own CRC32C
+of each object, read from one listing rather than by downloading the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import jax
 import ml_collections
 from absl import logging
 
+from bdpo_jax import storage
 from bdpo_jax.errors import UserError
 
 CHECKSUM_NAME = "bdpo_checksum.json"
+COMMIT_NAME = "commit_success.txt"  # orbax's mark of a finished step where it cannot rename (a bucket)
 
 
 class CheckpointError(UserError):
@@ -41,25 +50,34 @@ class Interrupted(Exception):
         self.step, self.signum = step, signum
 
 
-def manager(workdir: Path, config: ml_collections.ConfigDict):
+def manager(workdir: str | os.PathLike, config: ml_collections.ConfigDict):
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
-        workdir / "checkpoints",
+        storage.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.checkpoint.keep, enable_async_checkpointing=config.checkpoint.async_save
         ),
     )
 
 
-def step_dirs(directory: Path) -> dict[int, Path]:
-    """Finished checkpoints by step (orbax renames a checkpoint to its step once written)."""
-    if not directory.is_dir():
-        return {}
-    return {int(p.name): p for p in directory.iterdir() if p.name.isdigit() and p.is_dir()}
+def step_dirs(directory: str | os.PathLike) -> dict[int, str]:
+    """Finished checkpoints by step: orbax renames a local checkpoint to its step
+    once written; in a bucket it writes the step in place, then ``COMMIT_NAME``."""
+    if storage.is_local(directory):
+        root = Path(directory)
+        if not root.is_dir():
+            return {}
+        return {int(p.name): str(p) for p in root.iterdir() if p.name.isdigit() and p.is_dir()}
+    steps = {int(n): storage.join(directory, n) for n in storage.list_names(directory) if n.isdigit()}
+    return {step: path for step, path in steps.items() if storage.exists(storage.join(path, COMMIT_NAME))}
 
 
-def file_crcs(step_dir: Path) -> dict[str, str]:
+def file_crcs(step_dir: str | os.PathLike) -> dict[str, str]:
+    """Every file's checksum: a CRC32 of its bytes locally; the store's own checksum of each object in a bucket."""
+    if not storage.is_local(step_dir):
+        return {k: v for k, v in storage.stored_checksums(step_dir).items() if k != CHECKSUM_NAME}
+    step_dir = Path(step_dir)
     crcs = {}
     for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUM_NAME):
         crc = 0
@@ -70,22 +88,23 @@ def file_crcs(step_dir: Path) -> dict[str, str]:
     return crcs
 
 
-def record_checksums(directory: Path, below: int | None = None) -> None:
+def record_checksums(directory: str | os.PathLike, below: int | None = None) -> None:
     """Process 0: a checksum file for each finished checkpoint (of a step below ``below``) without one."""
     if jax.process_index() != 0:
         return
     for step, path in step_dirs(directory).items():
-        if (below is None or step < below) and not (path / CHECKSUM_NAME).exists():
-            (path / CHECKSUM_NAME).write_text(json.dumps(file_crcs(path), indent=0))
+        record = storage.join(path, CHECKSUM_NAME)
+        if (below is None or step < below) and not storage.exists(record):
+            storage.write_text(record, json.dumps(file_crcs(path), indent=0))
 
 
-def damage(step_dir: Path) -> str | None:
+def damage(step_dir: str | os.PathLike) -> str | None:
     """What differs from the checkpoint's checksum record; None if intact or unrecorded."""
-    record = step_dir / CHECKSUM_NAME
-    if not record.is_file():
+    record = storage.join(step_dir, CHECKSUM_NAME)
+    if not storage.exists(record):
         return None
     try:
-        expected = json.loads(record.read_text())
+        expected = storage.read_json(record)
     except ValueError:
         return f"its checksum record {record} is unreadable"
     found = file_crcs(step_dir)
@@ -93,20 +112,23 @@ def damage(step_dir: Path) -> str | None:
     return f"{len(changed)} file(s) differ from their checksum ({', '.join(changed[:3])})" if changed else None
 
 
-def set_aside(step_dir: Path, why: str) -> None:
+def set_aside(step_dir: str | os.PathLike, why: str) -> None:
     """Process 0 moves a damaged checkpoint out of orbax's sight (nothing is deleted)."""
-    aside = step_dir.with_name(f"damaged-{step_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    logging.warning("checkpoint step %s in %s is damaged (%s): moved to %s", step_dir.name, step_dir.parent, why, aside)
-    print(f"warning: checkpoint of step {step_dir.name} is damaged ({why}); moved to {aside}", flush=True)
+    parent, step = os.fspath(step_dir).rstrip("/").rsplit("/", 1)
+    aside = f"{parent}/damaged-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    logging.warning("checkpoint step %s in %s is damaged (%s): moved to %s", step, parent, why, aside)
+    print(f"warning: checkpoint of step {step} is damaged ({why}); moved to {aside}", flush=True)
     if jax.process_index() == 0:
-        step_dir.rename(aside)
+        storage.rename(step_dir, aside)
 
 
-def restore_latest(workdir: Path, config: ml_collections.ConfigDict, state: Any, shardings: Any) -> tuple[Any, Any]:
+def restore_latest(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, state: Any, shardings: Any
+) -> tuple[Any, Any]:
     """(manager, state): the newest intact checkpoint laid out as ``shardings`` say, or ``state`` if none."""
     import orbax.checkpoint as ocp
 
-    directory = workdir / "checkpoints"
+    directory = storage.join(workdir, "checkpoints")
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
     steps = step_dirs(directory)
     for step in sorted(steps, reverse=True):
@@ -139,12 +161,12 @@ def save(checkpoints, step: int, state: Any) -> None:
     import orbax.checkpoint as ocp
 
     checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
-    record_checksums(Path(checkpoints.directory), below=step)  # the earlier ones are finished
+    record_checksums(str(checkpoints.directory), below=step)  # the earlier ones are finished
 
 
 def close(checkpoints) -> None:
     checkpoints.wait_until_finished()
-    record_checksums(Path(checkpoints.directory))
+    record_checksums(str(checkpoints.directory))
     checkpoints.close()
 
 

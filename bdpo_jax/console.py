@@ -4,7 +4,6 @@ went. Libraries' INFO logs (orbax, absl) stay off unless ``--verbosity`` asks.""
 from __future__ import annotations
 
 import logging as std_logging
-from pathlib import Path
 
 import jax
 from absl import flags, logging
@@ -33,7 +32,7 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_lines(trainer, start: int, total: int, workdir: Path, flops: float | None, peak: float | None) -> list[str]:
+def plan_lines(trainer, start: int, total: int, workdir: str, flops: float | None, peak: float | None) -> list[str]:
     """The run in a few lines: model, cache, pairs, devices, mesh, steps, estimated time."""
     plan, config = trainer.plan, trainer.config
     dataset = plan.dataset

@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from flax import nnx
 
-from bdpo_jax import checkpoints
+from bdpo_jax import checkpoints, storage
 from bdpo_jax.errors import UserError, main_with_clear_errors
 from bdpo_jax.models import UNetConfig, abstract_unet, load_params, save_unet
 from bdpo_jax.models.lora import LoRASpec
@@ -43,8 +43,8 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict, 
     """The policy parameters of a checkpoint (the latest by default), on the host."""
     import orbax.checkpoint as ocp
 
-    directory = Path(workdir).absolute() / "checkpoints"
-    if not directory.is_dir():
+    directory = storage.join(storage.absolute(workdir), "checkpoints")
+    if not storage.exists(directory):
         raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: is it a bdpo_jax.train workdir?")
     manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
     steps = manager.all_steps()
@@ -58,7 +58,7 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict, 
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax and tensorstore raise many kinds on a broken file
-        why = checkpoints.damage(directory / str(step)) or f"{type(e).__name__}: {str(e)[:300]}"
+        why = checkpoints.damage(storage.join(directory, str(step))) or f"{type(e).__name__}: {str(e)[:300]}"
         raise checkpoints.CheckpointError(
             f"the checkpoint of step {step} in {directory} cannot be read ({why}); export another with --step "
             f"(there are {sorted(steps)}), or run the training again there: it sets damaged checkpoints aside"
@@ -76,7 +76,7 @@ def shapes(tree: dict) -> dict[str, tuple]:
     }
 
 
-def check_base(workdir: Path, unet_dir: Path, abstract_params: dict, params: dict) -> None:
+def check_base(workdir: str, unet_dir: Path, abstract_params: dict, params: dict) -> None:
     """The base's UNet has the trained parameters' shapes, and is the base the run recorded."""
     want, have = shapes(abstract_params), shapes(params)
     differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
@@ -96,8 +96,8 @@ def check_base(workdir: Path, unet_dir: Path, abstract_params: dict, params: dic
 
 def trained_lora(workdir: str | Path, params: dict) -> LoRASpec | None:
     """The adapters' spec of a LoRA run (from the config.json its workdir holds), None for full fine-tuning."""
-    path = Path(workdir) / "config.json"
-    lora = json.loads(path.read_text()).get("lora", {}) if path.is_file() else {}
+    path = storage.join(workdir, "config.json")
+    lora = storage.read_json(path).get("lora", {}) if storage.exists(path) else {}
     if lora.get("rank", 0) > 0:
         return LoRASpec.from_names(lora["rank"], lora.get("alpha"), lora["targets"])
     if adapted_paths(params):
@@ -112,14 +112,14 @@ def export_lora(workdir: str | Path, out: str | Path, step: int | None = None) -
     lora = trained_lora(workdir, params)
     if lora is None:
         raise UserError(f"{workdir} is a full fine-tuning run (lora.rank 0): export a pipeline (no --adapters)")
-    base = recorded_base_model(Path(workdir))
-    path = save_lora_weights(params, lora, out, {"workdir": str(Path(workdir).absolute()), "step": step, "base": base})
+    base = recorded_base_model(workdir)
+    path = save_lora_weights(params, lora, out, {"workdir": storage.absolute(workdir), "step": step, "base": base})
     logging.info("exported the adapters of step %d of %s to %s", step, workdir, path)
     return path
 
 
 def export_pipeline(workdir: str | Path, base: str | Path, out: str | Path, step: int | None = None) -> Path:
-    workdir, base, out = Path(workdir).absolute(), Path(base), Path(out)
+    workdir, base, out = storage.absolute(workdir), Path(base), Path(out)
     if not (base / "model_index.json").is_file():
         raise FileNotFoundError(f"{base} is not a diffusers pipeline directory (no model_index.json)")
     if out.exists():
@@ -141,7 +141,7 @@ def export_pipeline(workdir: str | Path, base: str | Path, out: str | Path, step
     try:
         shutil.copytree(base, tmp, dirs_exist_ok=True, ignore=lambda d, names: ["unet"] if Path(d) == base else [])
         save_unet(config, state, tmp / "unet")
-        (tmp / RECORD_NAME).write_text(json.dumps({"workdir": str(workdir), "step": step}, indent=2))
+        (tmp / RECORD_NAME).write_text(json.dumps({"workdir": workdir, "step": step}, indent=2))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -153,11 +153,11 @@ def export_pipeline(workdir: str | Path, base: str | Path, out: str | Path, step
 def export_is_current(workdir: str | Path, out: str | Path) -> bool:
     """Whether ``out`` is an export of this workdir's latest checkpoint (False: export again)."""
     record = Path(out) / RECORD_NAME
-    steps = checkpoints.step_dirs(Path(workdir).absolute() / "checkpoints")
+    steps = checkpoints.step_dirs(storage.join(storage.absolute(workdir), "checkpoints"))
     if not record.is_file() or not steps:
         return False
     exported = json.loads(record.read_text())
-    return exported["workdir"] == str(Path(workdir).absolute()) and exported["step"] >= max(steps)
+    return exported["workdir"] == storage.absolute(workdir) and exported["step"] >= max(steps)
 
 
 def main(argv: list[str]) -> None:

@@ -115,9 +115,9 @@ def read_many(paths: Sequence[str | os.PathLike]) -> list[bytes | BaseException]
     return [chunk for _, chunk in sorted(out, key=lambda item: item[0])]
 
 
-def file_sizes(directory: str | os.PathLike) -> dict[str, int]:
-    """Every file under a directory, by its path relative to it, with its size in
-    bytes: one recursive listing (a few list requests in a bucket)."""
+def file_details(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every file under a directory, by its path relative to it, with what the file
+    system says of it: one recursive listing (a few list requests in a bucket)."""
     fs, p = filesystem(directory)
     fs.invalidate_cache(p)
     try:
@@ -125,7 +125,12 @@ def file_sizes(directory: str | os.PathLike) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     prefix = p.rstrip("/") + "/"
-    return {f[len(prefix) :]: int(info.get("size") or 0) for f, info in found.items() if f.startswith(prefix)}
+    return {f[len(prefix) :]: info for f, info in found.items() if f.startswith(prefix)}
+
+
+def file_sizes(directory: str | os.PathLike) -> dict[str, int]:
+    """Every file under a directory with its size in bytes (see ``file_details``)."""
+    return {name: int(info.get("size") or 0) for name, info in file_details(directory).items()}
 
 
 def temporary_name(name: str) -> str:
@@ -167,20 +172,21 @@ class StorageLocationError(UserError):
     """A path on a storage that the part of the project asked to write there cannot use."""
 
 
-CHECKPOINT_PROTOCOLS = ("file", "local", "gs", "gcs")  # what orbax (etils.epath) writes to
+CHECKPOINT_PROTOCOLS = ("file", "local", "gs", "gcs")  # where orbax's arrays go (tensorstore's file and gcs drivers)
 
 
 def checkpoint_location_problem(workdir: str | os.PathLike) -> str | None:
-    """Why orbax cannot checkpoint under ``workdir``, or None. orbax 0.12 writes
-    through etils.epath: local paths and gs:// (tested on the GCS emulator); it
-    has no s3:// (or other fsspec) support, so such a workdir would fail only
-    at the first checkpoint, after compiling and training."""
+    """Why orbax cannot checkpoint under ``workdir``, or None. orbax 0.12 gives
+    tensorstore its gcs driver for gs:// and its file driver for every other
+    path, so an s3:// checkpoint fails ("Checkpoint path should be absolute")
+    after its first metadata object is written: refused before anything loads."""
     protocol = str(workdir).split("://", 1)[0] if "://" in str(workdir) else "file"
     if protocol in CHECKPOINT_PROTOCOLS:
         return None
     return (
         f"workdir {workdir}: orbax checkpoints only to a local (or shared) path or gs://, not {protocol}://; "
-        "give such a workdir (the cache and the evaluation output may stay in " + protocol + "://)"
+        f"give a gs:// or local workdir, or mount the bucket (mountpoint-s3, s3fs-fuse) and give its mount "
+        f"point (the cache and the evaluation output may stay in {protocol}://)"
     )
 
 
@@ -188,6 +194,77 @@ def check_checkpoint_location(workdir: str | os.PathLike) -> None:
     """``checkpoint_location_problem`` as an error, for a train command's config check."""
     if problem := checkpoint_location_problem(workdir):
         raise StorageLocationError(problem)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A local path made absolute (as a string); a URL as it is."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
+
+
+def create_exclusive(path: str | os.PathLike, data: bytes) -> bool:
+    """Creates a file only if there is none: True if this call made it.
+
+    Atomic where the store offers it: locally ``O_EXCL``; in GCS an upload with
+    ``ifGenerationMatch=0``, in S3 with ``If-None-Match: *`` (gcsfs and s3fs
+    ``mode="create"``), so of writers racing for one name exactly one wins. The
+    existence check before the upload refuses a later writer even where a store
+    ignores the precondition (gcp-storage-emulator does)."""
+    fs, p = filesystem(path)
+    if is_local(path):
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    if exists(path):
+        return False
+    try:
+        fs.pipe_file(p, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
+def rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Moves a file or a directory; in an object store its objects are copied, then deleted."""
+    fs, s = filesystem(source)
+    if is_local(source):
+        os.replace(s, filesystem(target)[1])
+        return
+    fs.invalidate_cache(s)
+    files = fs.find(s)  # objects only: a "directory" is a prefix, not an object to copy
+    if not files:
+        raise FileNotFoundError(f"{source}: nothing to move")
+    t = filesystem(target)[1].rstrip("/")
+    for f in files:
+        fs.copy(f, t + f[len(s.rstrip("/")) :])
+    fs.rm(files)
+    fs.invalidate_cache()
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Adds text at the end of a file. Objects cannot be appended to: there the
+    object is read and written again whole (for small files: a run's metrics)."""
+    if is_local(path):
+        p = filesystem(path)[1]
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a") as f:
+            f.write(text)
+        return
+    write_text(path, (read_text(path) if exists(path) else "") + text)
+
+
+def stored_checksums(directory: str | os.PathLike) -> dict[str, str]:
+    """Every object under a directory in an object store, by its path relative to
+    it, with the checksum the store keeps (GCS: crc32c, S3: ETag; else the size):
+    one listing, no data read."""
+    keys = ("crc32c", "ETag", "etag", "size")
+    details = file_details(directory).items()
+    return {name: str(next(info[k] for k in keys if info.get(k) is not None)) for name, info in details}
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

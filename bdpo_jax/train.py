@@ -13,6 +13,7 @@ step late.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bdpo_jax import checkpoints, console, flops
+from bdpo_jax import checkpoints, console, flops, storage
 from bdpo_jax.data import Prefetcher
 from bdpo_jax.errors import UserError, main_with_clear_errors
 from bdpo_jax.metrics import MetricsWriter
@@ -87,7 +88,7 @@ def check_finite(first: jax.Array, saved: int | None) -> None:
 
 def train(
     config: ml_collections.ConfigDict,
-    workdir: str | Path,
+    workdir: str | os.PathLike,
     trainer: Trainer | None = None,
     allow_config_change: bool = False,
 ) -> TrainState:
@@ -96,8 +97,8 @@ def train(
     One run at a time per workdir; a resumed run keeps the config that changes its data
     and model unless ``allow_config_change``. A signal (SIGTERM, SIGINT) saves the step
     in flight and raises ``checkpoints.Interrupted``."""
-    check_workdir_location(workdir)
-    workdir = Path(workdir).absolute()
+    storage.check_checkpoint_location(workdir)
+    workdir = storage.absolute(workdir)
     lock = hold_workdir(workdir)
     try:
         return train_locked(config, workdir, trainer, allow_config_change)
@@ -106,24 +107,11 @@ def train(
             release_lock(lock)
 
 
-def check_workdir_location(workdir: str | Path) -> None:
-    """A local or shared file system path: orbax writes gs:// but not s3://, and the
-    rest of a workdir (lock, config record, metrics) is local files today."""
-    if "://" not in str(workdir):
-        return
-    from bdpo_jax.storage import StorageLocationError, check_checkpoint_location
-
-    check_checkpoint_location(workdir)  # s3:// and the rest orbax cannot write
-    raise StorageLocationError(
-        f"workdir {workdir}: the train command's workdir (run lock, config record, metrics) must be a local "
-        "or shared file system path; mount the bucket (e.g. gcsfuse) and give its mount point"
-    )
-
-
-def hold_workdir(workdir: Path) -> Path | None:
+def hold_workdir(workdir: str) -> str | None:
     """Process 0 locks the workdir; every process fails alike if it cannot."""
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        if storage.is_local(workdir):
+            Path(workdir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WorkdirError(f"cannot create the work directory {workdir} ({e}): choose a writable --workdir") from e
     lock, error = None, None
@@ -155,8 +143,8 @@ def compiled_on_every_process(step_fn, state: TrainState, batch: dict):
     return compiled
 
 
-def train_locked(config, workdir: Path, trainer: Trainer | None, allow_config_change: bool) -> TrainState:
-    saved = checkpoints.step_dirs(workdir / "checkpoints")
+def train_locked(config, workdir: str, trainer: Trainer | None, allow_config_change: bool) -> TrainState:
+    saved = checkpoints.step_dirs(storage.join(workdir, "checkpoints"))
     if jax.process_index() == 0:  # before anything loads: a changed config is refused at once
         check_resumed_config(workdir, config, max(saved, default=0), allow_config_change)
     trainer = trainer or build_trainer(config)
@@ -210,7 +198,7 @@ def train_locked(config, workdir: Path, trainer: Trainer | None, allow_config_ch
         preemption.close()
         checkpoints.close(manager)
     console.say(
-        f"step {done}/{total}: checkpoints in {workdir / 'checkpoints'}, metrics in {writer.path} "
+        f"step {done}/{total}: checkpoints in {storage.join(workdir, 'checkpoints')}, metrics in {writer.path} "
         f"and {writer.tensorboard_dir}"
     )
     if interrupted is not None:
@@ -233,7 +221,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":  # flags are defined here, so that importing this module defines none
     config_flags.DEFINE_config_file("config", None, "A configs/train/*.py file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; a run there resumes.")
+    flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (a path or gs:// URL); a run there resumes.")
     flags.DEFINE_bool("allow_config_change", False, "Resume even where the config changes the data or model.")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main_with_clear_errors(main))

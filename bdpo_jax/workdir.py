@@ -3,7 +3,11 @@
 - ``run.lock`` (JSON: host, pid) is created by process 0 of a run and removed
   when it ends; a second run there is refused, naming the holder. A lock left
   by a dead process on this host is taken over with a warning (one on another
-  host cannot be checked: the message says how to remove it).
+  host cannot be checked: the message says how to remove it). Creating it is
+  atomic locally (``O_EXCL``) and in GCS (an upload that succeeds only if no
+  object of that name exists, ``storage.create_exclusive``): of two runs
+  started together in one workdir, exactly one gets it. Taking over a dead
+  process's lock is not atomic (a remove, then a create).
 - ``config.json`` is the config of the run. A resumed run may change only
   ``RESUMABLE_KEYS`` (how long, how often it saves and logs, how it is laid out
   on devices); any other change alters the data or the model, and is an error
@@ -23,6 +27,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from bdpo_jax import storage
 from bdpo_jax.errors import UserError
 
 LOCK_NAME = "run.lock"
@@ -50,32 +55,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(workdir: Path) -> Path:
+def acquire_lock(workdir: str | os.PathLike) -> str:
     """Creates ``workdir/run.lock`` for this process, or raises ``WorkdirError`` naming its holder."""
-    path = workdir / LOCK_NAME
+    path = storage.join(workdir, LOCK_NAME)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            created = storage.create_exclusive(path, json.dumps(me).encode())
+        except PermissionError as e:
+            raise WorkdirError(f"cannot write in {workdir} ({e}): choose a writable --workdir") from e
+        if not created:
             holder = read_lock(path)
             if holder is None:  # being written this instant, or emptied: look again
                 time.sleep(0.1)
                 holder = read_lock(path) or {"host": "?", "pid": -1}
             if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", -1))):
                 logging.warning("%s: taking over the lock of process %s on %s, which has ended", path, *_who(holder))
-                path.unlink(missing_ok=True)
+                storage.remove(path)
                 continue
             pid, host = _who(holder)
             raise WorkdirError(
                 f"{workdir} is in use by another run: process {pid} on host {host} (since {holder.get('since')}, "
                 f"lock file {path}). Wait for it to end or stop it, or use another --workdir; if that process "
                 f"is gone (another host cannot be checked from here), delete {path}."
-            ) from None
-        except PermissionError as e:
-            raise WorkdirError(f"cannot write in {workdir} ({e}): choose a writable --workdir") from e
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+            )
         return path
 
 
@@ -83,18 +86,18 @@ def _who(holder: dict) -> tuple[Any, Any]:
     return holder.get("pid"), holder.get("host")
 
 
-def read_lock(path: Path) -> dict | None:
+def read_lock(path: str | os.PathLike) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return storage.read_json(path)
     except (OSError, ValueError):
         return None
 
 
-def release_lock(path: Path) -> None:
+def release_lock(path: str | os.PathLike) -> None:
     """Removes the lock if it is still this process's."""
     holder = read_lock(path)
     if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        path.unlink(missing_ok=True)
+        storage.remove(path)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,14 +116,16 @@ def resumable(key: str) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_KEYS)
 
 
-def check_resumed_config(workdir: Path, config: ml_collections.ConfigDict, start: int, allow_changes: bool) -> None:
+def check_resumed_config(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, start: int, allow_changes: bool
+) -> None:
     """Compares the config with the saved one and writes it (process 0's job); see the module docstring."""
-    path = workdir / CONFIG_NAME
+    path = storage.join(workdir, CONFIG_NAME)
     text = config.to_json_best_effort(indent=2)
-    if start == 0 or not path.is_file():
-        path.write_text(text)
+    if start == 0 or not storage.exists(path):
+        storage.write_text(path, text)
         return
-    changes = config_changes(json.loads(path.read_text()), config)
+    changes = config_changes(storage.read_json(path), config)
     altering = {k: v for k, v in changes.items() if not resumable(k)}
     listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
     if altering and not allow_changes:
@@ -128,16 +133,16 @@ def check_resumed_config(workdir: Path, config: ml_collections.ConfigDict, start
         raise ConfigChangedError(
             f"the run in {workdir} (resumed at step {start}) was trained with another config: {keys}. These keys "
             f"change its data or model. Use a new --workdir, or pass --allow_config_change to resume anyway "
-            f"(the saved {path.name} is then kept as config.before-step-{start}.json)."
+            f"(the saved {CONFIG_NAME} is then kept as config.before-step-{start}.json)."
         )
     if altering:
-        kept = path.with_name(f"config.before-step-{start}.json")
-        path.rename(kept)
+        kept = storage.join(workdir, f"config.before-step-{start}.json")
+        storage.rename(path, kept)
         logging.warning("resuming with a changed config (%s); the previous config is kept in %s", listed, kept)
     elif changes:
         logging.warning("resuming with %s", listed)
     if changes:
-        path.write_text(text)
+        storage.write_text(path, text)
 
 
 BASE_MODEL_NAME = "base_model.json"
@@ -162,13 +167,13 @@ def base_fingerprint(unet_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def record_base_model(workdir: Path, unet_dir: Path) -> None:
+def record_base_model(workdir: str | os.PathLike, unet_dir: Path) -> None:
     """Process 0, at a run's start: which base UNet it trains (export checks it)."""
-    path = workdir / BASE_MODEL_NAME
-    if not path.is_file():
-        path.write_text(json.dumps({"unet": str(unet_dir), "fingerprint": base_fingerprint(unet_dir)}, indent=2))
+    path = storage.join(workdir, BASE_MODEL_NAME)
+    if not storage.exists(path):
+        storage.write_json(path, {"unet": str(unet_dir), "fingerprint": base_fingerprint(unet_dir)})
 
 
-def recorded_base_model(workdir: Path) -> dict | None:
-    path = Path(workdir) / BASE_MODEL_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+def recorded_base_model(workdir: str | os.PathLike) -> dict | None:
+    path = storage.join(workdir, BASE_MODEL_NAME)
+    return storage.read_json(path) if storage.exists(path) else None

@@ -31,7 +31,6 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -40,6 +39,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from bdpo_jax import storage
 from bdpo_jax.errors import UserError, main_with_clear_errors
 from scorers_torch.evaluation import pictures, report, stats
 from scorers_torch.evaluation.blocks import batches_to_make, block_rows, plan
@@ -51,7 +51,7 @@ from scorers_torch.evaluation.generate import (
     load_pipeline,
     resolve_dtype,
 )
-from scorers_torch.evaluation.outputs import ROW_COLUMNS, OutputDir, read_table, save_image, write_table
+from scorers_torch.evaluation.outputs import ROW_COLUMNS, Location, OutputDir, read_table, save_image, write_table
 from scorers_torch.evaluation.prompts import PromptSet, load_prompt_set
 from scorers_torch.evaluation.scoring import build_scorers, is_scored, score_block
 from scorers_torch.workers import worker_device, worker_from_env
@@ -68,12 +68,12 @@ class EvaluationConfigError(UserError):
 class Results:
     tables: stats.Tables
     text: str  # the win-rate table as printed
-    output_dir: Path
-    scores: Path  # scores.parquet: every image's scores
-    files: dict[str, Path]  # tables.md, win_rates.csv, model_scores.csv, results.json
-    grids: dict[str, Path]  # per prompt set
-    pages: dict[str, Path]
-    charts: dict[str, Path]
+    output_dir: Location  # a Path, or a URL in object storage
+    scores: Location  # scores.parquet: every image's scores
+    files: dict[str, Location]  # tables.md, win_rates.csv, model_scores.csv, results.json
+    grids: dict[str, Location]  # per prompt set
+    pages: dict[str, Location]
+    charts: dict[str, Location]
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -186,7 +186,8 @@ def _run(config: ml_collections.ConfigDict) -> Results | None:
     blocks = plan(sets, list(models), config.block_size)
     mine = blocks[worker::num_workers]
     rows = {b: block_rows(b, sets[b.prompt_set], out, config.images_per_prompt, config.seed) for b in mine}
-    to_make = {block: batches_to_make(rows[block], config.batch_size) for block in mine}
+    made = {(s, m): out.existing_images(s, m) for s, m in {(b.prompt_set, b.model) for b in mine}}
+    to_make = {b: batches_to_make(rows[b], config.batch_size, made[b.prompt_set, b.model]) for b in mine}
     to_score = [b for b in mine if not is_scored(out, b, metrics)]
 
     # Scorers (and their weight files) before any image is made; none where every block is scored.
@@ -268,21 +269,22 @@ def write_report(
             pictures.win_rate_chart(tables, prompt_set, charts[prompt_set])
         sample = pictures.sample_prompts(columns, prompt_set, config.grid.prompts, config.grid.seed)
         grids[prompt_set] = out.grid(prompt_set)
-        grids[prompt_set].parent.mkdir(parents=True, exist_ok=True)
-        pictures.grid(
+        grid = pictures.grid(
             columns, out.root, prompt_set, models, metrics, sample, config.grid.image_index, config.grid.cell_size
-        ).save(grids[prompt_set])
+        )
+        save_image(grid, grids[prompt_set])
         pages[prompt_set] = out.page(prompt_set)
-        pages[prompt_set].write_text(
+        storage.write_text(
+            pages[prompt_set],
             pictures.html_page(
                 columns, out.root, pages[prompt_set], prompt_set, models, metrics, markdown, charts.get(prompt_set)
-            )
+            ),
         )
     text = report.win_rate_text(tables) if comparisons else "(no comparisons: one model)"
     return Results(tables, text, out.root, out.scores, files, grids, pages, charts)
 
 
-def read_scores(path: Path) -> stats.Columns:
+def read_scores(path: Location) -> stats.Columns:
     """scores.parquet as numpy columns (strings as object arrays)."""
     table = read_table(path)
     if table is None:

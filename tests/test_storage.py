@@ -1,54 +1,14 @@
 """bdpo_jax.storage on a local disk, fsspec's memory file system, S3 as served
 by moto's server on localhost and GCS as served by gcp-storage-emulator (the
-same s3fs and gcsfs code paths as the real stores); and orbax checkpoints on
-that gs:// stand-in, as the trainer will write them."""
+same s3fs and gcsfs code paths as the real stores). Orbax checkpoints in the
+gs:// stand-in: tests/train/test_checkpoint.py, a train run in a gs:// workdir."""
 
 import uuid
 
-import fsspec
 import numpy as np
 import pytest
 
 from bdpo_jax import storage
-from launch.local import free_port
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's S3 server on localhost; s3fs reaches it through fsspec's config, as a user sets an endpoint."""
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    pytest.importorskip("s3fs", reason="s3fs is not installed")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gcs_server():
-    """gcp-storage-emulator on localhost, in memory."""
-    emulator = pytest.importorskip("gcp_storage_emulator.server", reason="gcp-storage-emulator is not installed")
-    pytest.importorskip("gcsfs", reason="gcsfs is not installed")
-    port = free_port()
-    server = emulator.create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def gcs_bucket(gcs_server, monkeypatch):
-    """A new bucket; gcsfs (STORAGE_EMULATOR_HOST) and tensorstore (TENSORSTORE_GCS_HTTP_URL) point at the emulator."""
-    import gcsfs
-
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
-    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", gcs_server)
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    bucket = f"bdpo-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("gs").mkdir(bucket)
-    yield bucket
-    gcsfs.GCSFileSystem.clear_instance_cache()
 
 
 @pytest.fixture(params=["local", "memory", "s3", "gcs"])
@@ -64,18 +24,7 @@ def root(request, tmp_path, monkeypatch):
     if request.param == "gcs":
         yield f"gs://{request.getfixturevalue('gcs_bucket')}/cache"
         return
-    endpoint = request.getfixturevalue("s3_server")
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    bucket = f"bdpo-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3").mkdir(bucket)
-    yield f"s3://{bucket}/cache"
-    s3fs.S3FileSystem.clear_instance_cache()
+    yield f"s3://{request.getfixturevalue('s3_bucket')}/cache"
 
 
 def shard_arrays(rows: int = 37) -> dict[str, np.ndarray]:
@@ -139,6 +88,29 @@ def test_a_killed_writer_leaves_nothing_complete(root):
     assert storage.complete_children(shards) == ["00002"]
 
 
+def test_create_exclusive_append_and_rename(root):
+    """A run's lock, metrics and set-aside checkpoints: a name is created once; a file grows; a folder moves."""
+    lock = storage.join(root, "run.lock")
+    assert storage.create_exclusive(lock, b"first")
+    assert not storage.create_exclusive(lock, b"second")
+    assert storage.read_bytes(lock) == b"first"
+    if root.startswith("s3://"):  # the precondition itself, which closes the race between check and create
+        fs, path = storage.filesystem(lock)
+        with pytest.raises(FileExistsError):
+            fs.pipe_file(path, b"second", mode="create")
+    metrics = storage.join(root, "metrics.jsonl")
+    storage.append_text(metrics, "1\n")
+    storage.append_text(metrics, "2\n")
+    assert storage.read_text(metrics) == "1\n2\n"
+    storage.write_text(storage.join(root, "4", "a.txt"), "a")
+    storage.write_text(storage.join(root, "4", "sub", "b.txt"), "b")
+    storage.rename(storage.join(root, "4"), storage.join(root, "damaged-4"))
+    assert storage.list_names(root) == ["damaged-4", "metrics.jsonl", "run.lock"]
+    assert storage.read_text(storage.join(root, "damaged-4", "sub", "b.txt")) == "b"
+    checksums = storage.stored_checksums(storage.join(root, "damaged-4"))
+    assert sorted(checksums) == ["a.txt", "sub/b.txt"]
+
+
 def test_rows_as_numpy_reads_them(root):
     array = shard_arrays()["latents_0"]
     path = storage.join(root, "latents_0.npy")
@@ -197,26 +169,6 @@ def test_unreadable_arrays_are_named(root):
     else:
         with pytest.raises(ValueError, match="Fortran"):
             storage.open_array(path)
-
-
-def test_orbax_checkpoints_on_the_gcs_stand_in(gcs_bucket):
-    """orbax on gs:// (etils.epath through gcsfs, arrays through tensorstore's gcs driver): what it
-    needs to checkpoint into a bucket, shown against the emulator."""
-    import jax.numpy as jnp
-    import orbax.checkpoint as ocp
-
-    state = {"w": jnp.arange(12.0).reshape(3, 4), "step": jnp.asarray(3)}
-    directory = f"gs://{gcs_bucket}/ckpt"
-    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        manager.save(1, args=ocp.args.StandardSave(state))
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        assert manager.latest_step() == 1
-        restored = manager.restore(1, args=ocp.args.StandardRestore(state))
-    np.testing.assert_array_equal(restored["w"], state["w"])
-    assert int(restored["step"]) == 3
-    # No rename in a bucket: orbax marks a finished step with a commit file instead.
-    assert storage.exists(storage.join(directory, "1", "commit_success.txt"))
 
 
 def upload(local_dir, root):

@@ -7,11 +7,11 @@ an uninterrupted one (on a CPU, the same bits)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from scorers_torch.evaluation.generate import image_seed
-from scorers_torch.evaluation.outputs import OutputDir
+from scorers_torch.evaluation.outputs import Location, OutputDir
 from scorers_torch.evaluation.prompts import PromptSet
 
 
@@ -29,7 +29,7 @@ class ImageRow:
     image_index: int
     seed: int
     prompt: str
-    path: Path
+    path: Location
 
 
 def plan(sets: dict[str, PromptSet], models: Sequence[str], block_size: int) -> list[Block]:
@@ -54,7 +54,8 @@ def block_rows(
     return rows
 
 
-def batches_to_make(rows: list[ImageRow], batch_size: int) -> list[list[ImageRow]]:
-    """The batches (a fixed partition of the block's rows) that miss an image; each is made whole."""
+def batches_to_make(rows: list[ImageRow], batch_size: int, existing: set[str]) -> list[list[ImageRow]]:
+    """The batches (a fixed partition of the block's rows) that miss an image (``existing``: the
+    paths made); each is made whole."""
     batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
-    return [batch for batch in batches if not all(r.path.is_file() for r in batch)]
+    return [batch for batch in batches if not all(os.fspath(r.path) in existing for r in batch)]

@@ -10,17 +10,20 @@ resumed or extended run adds to it without mixing in anything made otherwise.
       tables.md, win_rates.csv, model_scores.csv, results.json
       report/grid-SET.png, SET.html, win_rates-SET.png
 
-Files are written under a temporary name and renamed into place, so a killed
-run leaves whole files only. Models, prompt sets and scorers can be added to an
-output folder later; one already there must be described exactly as before.
+OUT may be a local path or a ``gs://`` / ``s3://`` URL (``bdpo_jax.storage``,
+fsspec): paths under a local OUT are ``Path``s, under a URL strings. Files
+appear whole or not at all: locally written under a temporary name and renamed
+into place, in a bucket uploaded as one object each; so a killed run leaves
+whole files only. Models, prompt sets and scorers can be added to an output
+folder later; one already there must be described exactly as before.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import os
-from collections.abc import Iterator
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from bdpo_jax.cache import write_json_atomic
+from bdpo_jax import storage
 from bdpo_jax.errors import UserError
+
+Location = Path | str  # a local path, or a URL in object storage
 
 # Columns of the score table that are not scores.
 ROW_COLUMNS = ("model", "prompt_set", "prompt_index", "image_index", "seed", "prompt", "image")
@@ -40,33 +45,42 @@ class OutputMismatchError(UserError):
     """The output folder holds images or scores made with other settings."""
 
 
+def under(root: Location, *parts: str) -> Location:
+    """``root/parts``: a ``Path`` under a local root, a URL under a URL."""
+    return root.joinpath(*parts) if isinstance(root, Path) else storage.join(root, *parts)
+
+
 class OutputDir:
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).expanduser()
-        self.manifest = self.root / "manifest.json"
-        self.scores = self.root / "scores.parquet"
+        root = os.fspath(root)
+        self.root: Location = root.rstrip("/") if "://" in root else Path(root).expanduser()
+        self.manifest = under(self.root, "manifest.json")
+        self.scores = under(self.root, "scores.parquet")
 
-    def image(self, prompt_set: str, model: str, prompt_index: int, seed: int) -> Path:
-        return self.root / "images" / prompt_set / model / f"{prompt_index:05d}_{seed}.png"
+    def image(self, prompt_set: str, model: str, prompt_index: int, seed: int) -> Location:
+        return under(self.images(prompt_set, model), f"{prompt_index:05d}_{seed}.png")
 
-    def unit_scores(self, prompt_set: str, model: str, block: int) -> Path:
-        return self.root / "scores" / prompt_set / model / f"{block:05d}.parquet"
+    def images(self, prompt_set: str, model: str) -> Location:
+        return under(self.root, "images", prompt_set, model)
 
-    def grid(self, prompt_set: str) -> Path:
-        return self.root / "report" / f"grid-{prompt_set}.png"
+    def unit_scores(self, prompt_set: str, model: str, block: int) -> Location:
+        return under(self.root, "scores", prompt_set, model, f"{block:05d}.parquet")
 
-    def page(self, prompt_set: str) -> Path:
-        return self.root / "report" / f"{prompt_set}.html"
+    def grid(self, prompt_set: str) -> Location:
+        return under(self.root, "report", f"grid-{prompt_set}.png")
 
-    def chart(self, prompt_set: str) -> Path:
-        return self.root / "report" / f"win_rates-{prompt_set}.png"
+    def page(self, prompt_set: str) -> Location:
+        return under(self.root, "report", f"{prompt_set}.html")
 
-    def relative(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+    def chart(self, prompt_set: str) -> Location:
+        return under(self.root, "report", f"win_rates-{prompt_set}.png")
+
+    def relative(self, path: Location) -> str:
+        return posixpath.relpath(Path(path).as_posix(), Path(self.root).as_posix())
 
     def check_and_extend_manifest(self, job: dict[str, Any]) -> dict[str, Any]:
         """Merges ``job`` into manifest.json; refuses where it contradicts what is there."""
-        previous = json.loads(self.manifest.read_text()) if self.manifest.is_file() else {}
+        previous = storage.read_json(self.manifest) if storage.exists(self.manifest) else {}
         job = json.loads(json.dumps(job))  # tuples -> lists, as stored
         if previous.get("generation", job["generation"]) != job["generation"]:
             differing = sorted(k for k in job["generation"] if previous["generation"].get(k) != job["generation"][k])
@@ -84,33 +98,36 @@ class OutputDir:
                         f"{now[name]}. Give it another name, use a new output_dir, or delete its files there"
                     )
             merged[section] = {**before, **now}
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.manifest, merged)
+        storage.write_json(self.manifest, merged)
         return merged
 
-
-@contextlib.contextmanager
-def _written_whole(path: Path) -> Iterator[Path]:
-    """A temporary path to write; renamed to ``path`` once written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    yield tmp
-    os.replace(tmp, path)
+    def existing_images(self, prompt_set: str, model: str) -> set[str]:
+        """The images of a set and model already made, as paths: one listing (not a request per image)."""
+        folder = self.images(prompt_set, model)
+        return {os.fspath(under(folder, name)) for name in storage.list_names(folder) if name.endswith(".png")}
 
 
-def save_image(image: Image.Image, path: Path) -> None:
-    with _written_whole(path) as tmp:
-        image.save(tmp, format="PNG")
+def save_image(image: Image.Image, path: Location) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    storage.write_bytes(path, buffer.getvalue())
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    with _written_whole(path) as tmp:
-        pq.write_table(table, tmp)
+def read_image(path: Location) -> Image.Image:
+    """An image file, read whole, as RGB."""
+    with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+        return image.convert("RGB")
 
 
-def read_table(path: Path) -> pa.Table | None:
-    return pq.read_table(path) if path.is_file() else None
+def write_table(table: pa.Table, path: Location) -> None:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    storage.write_bytes(path, buffer.getvalue().to_pybytes())
 
 
-def table_columns(path: Path) -> list[str]:
-    return pq.read_schema(path).names if path.is_file() else []
+def read_table(path: Location) -> pa.Table | None:
+    return pq.read_table(pa.BufferReader(storage.read_bytes(path))) if storage.exists(path) else None
+
+
+def table_columns(path: Location) -> list[str]:
+    return pq.read_schema(pa.BufferReader(storage.read_bytes(path))).names if storage.exists(path) else []

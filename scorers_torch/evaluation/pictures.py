@@ -6,7 +6,8 @@ page with every image and its scores, and a bar chart of the win rates.
 from __future__ import annotations
 
 import html
-import os
+import io
+import posixpath
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from bdpo_jax import storage
+from scorers_torch.evaluation.outputs import Location, read_image, under
 from scorers_torch.evaluation.stats import Columns, Tables
 
 FONT_SIZE = 13
@@ -48,7 +51,7 @@ def _score_lines(columns: Columns, row: int, metrics: Sequence[str]) -> list[str
 
 def grid(
     columns: Columns,
-    root: Path,
+    root: Location,
     prompt_set: str,
     models: Sequence[str],
     metrics: Sequence[str],
@@ -78,9 +81,9 @@ def grid(
             if row is None:
                 draw.text((left + 4, top + 4), "(no image)", fill="gray", font=font)
                 continue
-            with Image.open(root / str(columns["image"][row])) as image:
-                resample = Image.Resampling.NEAREST if image.width < cell else Image.Resampling.LANCZOS
-                canvas.paste(image.convert("RGB").resize((cell, cell), resample), (left, top))
+            image = read_image(under(root, str(columns["image"][row])))
+            resample = Image.Resampling.NEAREST if image.width < cell else Image.Resampling.LANCZOS
+            canvas.paste(image.resize((cell, cell), resample), (left, top))
             for k, line in enumerate(_score_lines(columns, row, metrics)):
                 draw.text((left + 4, top + cell + 3 + k * LINE), line, fill="black", font=font)
     return canvas
@@ -88,18 +91,19 @@ def grid(
 
 def html_page(
     columns: Columns,
-    root: Path,
-    page: Path,
+    root: Location,
+    page: Location,
     prompt_set: str,
     models: Sequence[str],
     metrics: Sequence[str],
     table_markdown: str,
-    chart: Path | None = None,
+    chart: Location | None = None,
 ) -> str:
     """Every image of the set with its scores, one section per prompt; links relative to ``page``."""
     rows, prompts = _rows(columns, prompt_set), _prompts(columns, prompt_set)
     images = sorted({key[2] for key in rows})
-    root_from_page = Path(os.path.relpath(root, page.parent)).as_posix() + "/"
+    page_folder = Path(page).parent.as_posix()
+    root_from_page = posixpath.relpath(Path(root).as_posix(), page_folder) + "/"
     out = [
         "<!doctype html><meta charset='utf-8'>",
         f"<title>{html.escape(prompt_set)}</title>",
@@ -109,7 +113,7 @@ def html_page(
         f"<pre>{html.escape(table_markdown)}</pre>",
     ]
     if chart is not None:
-        source = html.escape(Path(os.path.relpath(chart, page.parent)).as_posix())
+        source = html.escape(posixpath.relpath(Path(chart).as_posix(), page_folder))
         out.insert(-1, f"<img src='{source}' style='width:720px;height:auto'>")
     for prompt_index in sorted(prompts):
         out.append(f"<h3>#{prompt_index}: {html.escape(prompts[prompt_index])}</h3><table>")
@@ -127,7 +131,7 @@ def html_page(
     return "\n".join(out) + "\n"
 
 
-def win_rate_chart(tables: Tables, prompt_set: str, path: Path) -> None:
+def win_rate_chart(tables: Tables, prompt_set: str, path: Location) -> None:
     """Grouped bars: one group per metric, one bar per comparison, the interval as an error bar."""
     import matplotlib
 
@@ -150,6 +154,7 @@ def win_rate_chart(tables: Tables, prompt_set: str, path: Path) -> None:
     axes.set_title(f"{prompt_set}: best-of-N win rate, {tables.confidence:.0%} interval")
     axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
+    storage.write_bytes(path, buffer.getvalue())

@@ -9,8 +9,9 @@ import csv
 import dataclasses
 import io
 import json
-from pathlib import Path
 
+from bdpo_jax import storage
+from scorers_torch.evaluation.outputs import Location, under
 from scorers_torch.evaluation.stats import Tables
 
 
@@ -82,18 +83,17 @@ def markdown(tables: Tables) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_tables(tables: Tables, directory: Path) -> dict[str, Path]:
+def write_tables(tables: Tables, directory: Location) -> dict[str, Location]:
     """tables.md, win_rates.csv, model_scores.csv (one row per cell) and results.json."""
-    paths = {
-        "markdown": directory / "tables.md",
-        "win_rates_csv": directory / "win_rates.csv",
-        "model_scores_csv": directory / "model_scores.csv",
-        "json": directory / "results.json",
+    texts = {
+        "markdown": ("tables.md", markdown(tables)),
+        "win_rates_csv": ("win_rates.csv", _csv(tables.win_rates)),
+        "model_scores_csv": ("model_scores.csv", _csv(tables.model_scores)),
+        "json": ("results.json", json.dumps(tables.to_json(), indent=1) + "\n"),
     }
-    paths["markdown"].write_text(markdown(tables))
-    paths["win_rates_csv"].write_text(_csv(tables.win_rates))
-    paths["model_scores_csv"].write_text(_csv(tables.model_scores))
-    paths["json"].write_text(json.dumps(tables.to_json(), indent=1) + "\n")
+    paths = {key: under(directory, name) for key, (name, _) in texts.items()}
+    for key, (_, text) in texts.items():
+        storage.write_text(paths[key], text)
     return paths
 
 

@@ -5,16 +5,21 @@ A block scored before by fewer scorers gets only the missing columns."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import ml_collections
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from bdpo_jax.errors import UserError
 from scorers_torch.evaluation.blocks import Block, ImageRow
-from scorers_torch.evaluation.outputs import ROW_COLUMNS, OutputDir, read_table, table_columns, write_table
+from scorers_torch.evaluation.outputs import (
+    ROW_COLUMNS,
+    OutputDir,
+    read_image,
+    read_table,
+    table_columns,
+    write_table,
+)
 from scorers_torch.scorers import Scorer, build_scorer
 from scorers_torch.threads import thread_map
 
@@ -61,14 +66,9 @@ def score_block(
     values: dict[str, list[np.ndarray]] = {name: [] for name in missing}
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        images = thread_map(_read_image, [r.path for r in batch])
+        images = thread_map(read_image, [r.path for r in batch])
         for name in missing:
             values[name].append(np.asarray(scorers[name].score(images, [r.prompt for r in batch]), np.float32))
     for name in missing:
         table = table.append_column(name, pa.array(np.concatenate(values[name])))
     write_table(table, path)
-
-
-def _read_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")

@@ -2,6 +2,7 @@
 files, tables against a hand computation from the stored scores, paired seeds,
 a model against itself, added models, resume after a kill, workers, bad input."""
 
+import io
 import json
 import shutil
 import signal
@@ -301,3 +302,36 @@ def test_paper_config_checks(tmp_path):
     )
     assert evaluate.parse_comparisons(None, ["a", "b", "c"]) == [("b", "a"), ("c", "a"), ("c", "b")]
     assert evaluate.parse_comparisons("*:b,a:c", ["a", "b", "c"]) == [("a", "b"), ("c", "b"), ("a", "c")]
+
+
+def test_an_output_in_object_storage_resumes_to_the_same_tables(evaluated, pipelines, s3_bucket, monkeypatch):
+    """OUT in a bucket (moto's S3 server; the storage calls are those tests/test_storage.py runs on GCS's
+    stand-in too), through the code path of a real one: a run stopped after its third image, run again,
+    makes only what is missing and ends with the local run's scores and tables; the report is there."""
+    from bdpo_jax import storage
+
+    output = f"s3://{s3_bucket}/eval"
+    saved = []
+
+    def stop_after_three(image, path):
+        save_image(image, path)
+        saved.append(path)
+        if len(saved) == 3:
+            raise KeyboardInterrupt
+
+    save_image = evaluate.save_image
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate, "save_image", stop_after_three)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate.run(make_config(output, pipelines))
+    assert len(storage.list_names(storage.join(output, "images", "shapes", "base"))) == 3
+    counter = Counter(monkeypatch)
+    results = evaluate.run(make_config(output, pipelines))
+    assert sum(counter.images.values()) == 12 - 2  # the batch of 2 images with its third left unmade is made again
+    local = read_rows(evaluated["output"] / "scores.parquet", pipelines)
+    assert read_rows(pa.BufferReader(storage.read_bytes(results.scores))) == local
+    assert results.tables == evaluated["first"].tables
+    report = set(storage.list_names(storage.join(output, "report")))
+    assert report == {"grid-shapes.png", "shapes.html", "win_rates-shapes.png"}
+    assert "../images/shapes/trained/" in storage.read_text(results.pages["shapes"])
+    assert Image.open(io.BytesIO(storage.read_bytes(results.grids["shapes"]))).size[0] > 0
