@@ -29,6 +29,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -44,7 +45,7 @@ from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import StepConfig, init_state, train_step
 from bdpo_jax.trainer import lora_spec, model_options
 from bench.dpo_step import SD_SCHEDULER, synthetic_batch
-from bench.xla_memory import MemoryAnalysis, buffer_assignment_dump, until_buffer_assignment
+from bench.xla_memory import MemoryAnalysis, buffer_assignment_dump, peak_live_bytes, until_buffer_assignment
 from configs.train import lora as lora_configs
 from configs.train import paper
 
@@ -100,6 +101,20 @@ def state_bytes(config, state, batch, base) -> dict:
     } | {"floor": tree_bytes((state.params, state.params, state.opt_state, state.ref_params, base, batch))}
 
 
+def attention_maps(unet_config: UNetConfig, size: int, text_length: int) -> Callable[[str, tuple[int, ...]], str]:
+    """Tells the attention logits and probabilities (tokens x tokens or tokens x text,
+    under batch and head dimensions) from the other buffers, by shape: what XLA's
+    attention holds and flash attention (cuDNN's on a GPU) never materialises."""
+    tokens = {(size // 2**level) ** 2 for level in range(len(unet_config.block_out_channels))}
+    keys = tokens | {text_length}
+
+    def kind(dtype: str, dims: tuple[int, ...]) -> str:
+        is_map = len(dims) >= 3 and {dims[-2], dims[-1]} <= keys and {dims[-2], dims[-1]} & tokens
+        return "peak_live_attention_maps" if is_map else "peak_live_other"
+
+    return kind
+
+
 def compile_to_the_end(step, args, dump_dir: str | None) -> dict:
     start = time.perf_counter()
     compiled = step.lower(*args).compile(compiler_options={"xla_dump_to": dump_dir} if dump_dir else None)
@@ -111,14 +126,17 @@ def compile_to_the_end(step, args, dump_dir: str | None) -> dict:
     return figures | memory.as_dict()
 
 
-def compile_in_child(args: argparse.Namespace, variant: str, timeout_s: float) -> dict:
-    """This script compiling ``variant`` to the end in a child process, stopped once XLA assigned its buffers."""
+def compile_in_child(args: argparse.Namespace, variant: str, kind: Callable) -> dict:
+    """This script compiling ``variant`` to the end in a child process, stopped once XLA
+    assigned its buffers; also what is live at the peak, by ``kind``."""
     with tempfile.TemporaryDirectory(prefix="lora_memory_") as dump_dir:
         command = [sys.executable, "-m", "bench.lora_memory", "--only", variant, "--stop-at", "executable"]
         command += ["--preset", args.preset, "--model", args.model, "--pairs", str(args.pairs)]
         command += ["--size", str(args.size), "--xla-dump-to", dump_dir]
-        memory, seconds = until_buffer_assignment(command, Path(dump_dir), "train_step", timeout_s)
-    return {"compile_seconds": seconds, "stopped_at": "buffer_assignment"} | memory.as_dict()
+        assignment, seconds = until_buffer_assignment(command, Path(dump_dir), "train_step", args.timeout)
+        memory = MemoryAnalysis.of_buffer_assignment(assignment.read_text())
+        live = peak_live_bytes(assignment, kind)
+    return {"compile_seconds": seconds, "stopped_at": "buffer_assignment"} | memory.as_dict() | live
 
 
 def main() -> None:
@@ -151,16 +169,18 @@ def main() -> None:
         if stop_at == "executable":
             results[name] |= compile_to_the_end(step, (state, batch, base), args.xla_dump_to)
         else:
-            results[name] |= compile_in_child(args, name, args.timeout)
+            kind = attention_maps(unet_config, args.size, text_length=batch["text_states"].shape[1])
+            results[name] |= compile_in_child(args, name, kind)
         header = {"variant": name, "preset": args.preset, "pairs": args.pairs, "size": args.size}
         print(json.dumps(header | results[name]), flush=True)
 
     device = jax.devices()[0]
     print(f"\n{args.preset}, {args.pairs} pairs of {args.size}x{args.size} latents, XLA:{device.platform}")
     rows = ("params", "gradients", "opt_state", "ref_params", "base", "batch", "floor", "temporaries", "peak")
-    print(f"{'GiB':<18}" + "".join(f"{name:>12}" for name in results))
+    rows += ("peak_live_attention_maps", "peak_live_other")
+    print(f"{'GiB':<26}" + "".join(f"{name:>12}" for name in results))
     for row in rows:
-        print(f"{row:<18}" + "".join(f"{r[row] / GiB:>12.3f}" for r in results.values()))
+        print(f"{row:<26}" + "".join(f"{r.get(row, float('nan')) / GiB:>12.3f}" for r in results.values()))
     if len(results) == 2:
         for row in ("floor", "peak"):
             print(f"{row} LoRA / full: {results['lora'][row] / results['full'][row]:.3f}")

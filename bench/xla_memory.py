@@ -18,9 +18,12 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _ALLOCATION = re.compile(r"allocation \d+: size (\d+), (.*)")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+\[[\d,]*\])", re.M)  # name, dtype[dims]
+_LIVE_AT_PEAK = re.compile(r"^\s+([\w.\-]+)\{([\d,]*)\}: (\d+) bytes", re.M)  # name, tuple index, size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +81,9 @@ def buffer_assignment_dump(dump_dir: Path, module: str) -> Path | None:
     return reports[-1].with_name(reports[-1].name.replace("-memory-usage-report", "-buffer-assignment"))
 
 
-def until_buffer_assignment(
-    command: list[str], dump_dir: Path, module: str, timeout_s: float
-) -> tuple[MemoryAnalysis, float]:
+def until_buffer_assignment(command: list[str], dump_dir: Path, module: str, timeout_s: float) -> tuple[Path, float]:
     """Runs ``command`` (a process that compiles ``module`` with ``xla_dump_to=dump_dir``)
-    until XLA has assigned its buffers, then stops it; the analysis and the seconds it took.
+    until XLA has assigned its buffers, then stops it; the assignment's dump and the seconds it took.
     The persistent compilation cache is off in it: an executable loaded from there dumps nothing."""
     log = dump_dir / "compile.log"
     env = os.environ | {"JAX_ENABLE_COMPILATION_CACHE": "false"}
@@ -100,8 +101,23 @@ def until_buffer_assignment(
     finally:
         process.kill()
         process.wait()
-    return MemoryAnalysis.of_buffer_assignment(dump.read_text()), seconds
+    return dump, seconds
 
 
 def tail(log: Path, chars: int = 3000) -> str:
     return "its log ends:\n" + log.read_text()[-chars:]
+
+
+def peak_live_bytes(buffer_assignment: Path, kind: Callable[[str, tuple[int, ...]], str]) -> dict[str, int]:
+    """The buffers live at the peak of XLA's heap simulation (its ``-live-range.txt``
+    dump), summed by ``kind(dtype, dims)`` of each buffer's shape (read from the
+    optimized HLO dumped beside it); elements of tuples count as "tuple"."""
+    stem = buffer_assignment.name.removesuffix("-buffer-assignment.txt")
+    shapes = dict(_INSTRUCTION.findall(buffer_assignment.with_name(f"{stem}.txt").read_text()))
+    live = buffer_assignment.with_name(f"{stem}-live-range.txt").read_text()
+    by_kind: dict[str, int] = {}
+    for name, index, size in _LIVE_AT_PEAK.findall(live[live.index("(peak):") :]):
+        dtype, dims = shapes[name].split("[", 1) if name in shapes and not index else ("", "")
+        key = kind(dtype, tuple(int(d) for d in dims.split("]")[0].split(",") if d)) if dtype else "tuple"
+        by_kind[key] = by_kind.get(key, 0) + int(size)
+    return by_kind

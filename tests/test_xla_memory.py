@@ -34,6 +34,7 @@ def test_buffer_assignment_gives_the_executables_memory_analysis(tmp_path):
     dump = tmp_path / "dump"
     dump.mkdir()
     command = [sys.executable, str(script), str(dump), str(compiled)]
-    memory, _ = until_buffer_assignment(command, dump, "step", timeout_s=120)
+    assignment, _ = until_buffer_assignment(command, dump, "step", timeout_s=120)
+    memory = MemoryAnalysis.of_buffer_assignment(assignment.read_text())
     assert memory == MemoryAnalysis(*json.loads(compiled.read_text()))
     assert memory.aliased > 0 and memory.temporaries > 0  # the parser saw every kind of allocation
