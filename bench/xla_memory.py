@@ -111,13 +111,13 @@ def tail(log: Path, chars: int = 3000) -> str:
 def peak_live_bytes(buffer_assignment: Path, kind: Callable[[str, tuple[int, ...]], str]) -> dict[str, int]:
     """The buffers live at the peak of XLA's heap simulation (its ``-live-range.txt``
     dump), summed by ``kind(dtype, dims)`` of each buffer's shape (read from the
-    optimized HLO dumped beside it); elements of tuples count as "tuple"."""
+    optimized HLO dumped beside it); tuple elements, whose shape is not read, count as "unclassified"."""
     stem = buffer_assignment.name.removesuffix("-buffer-assignment.txt")
     shapes = dict(_INSTRUCTION.findall(buffer_assignment.with_name(f"{stem}.txt").read_text()))
     live = buffer_assignment.with_name(f"{stem}-live-range.txt").read_text()
     by_kind: dict[str, int] = {}
     for name, index, size in _LIVE_AT_PEAK.findall(live[live.index("(peak):") :]):
         dtype, dims = shapes[name].split("[", 1) if name in shapes and not index else ("", "")
-        key = kind(dtype, tuple(int(d) for d in dims.split("]")[0].split(",") if d)) if dtype else "tuple"
+        key = kind(dtype, tuple(int(d) for d in dims.split("]")[0].split(",") if d)) if dtype else "unclassified"
         by_kind[key] = by_kind.get(key, 0) + int(size)
     return by_kind

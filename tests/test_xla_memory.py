@@ -5,7 +5,7 @@ import json
 import sys
 import textwrap
 
-from bench.xla_memory import MemoryAnalysis, until_buffer_assignment
+from bench.xla_memory import MemoryAnalysis, peak_live_bytes, until_buffer_assignment
 
 # A train-step-like function: donated parameters updated in place, temporaries
 # for the activations. It compiles once without a dump (its figures written out),
@@ -38,3 +38,7 @@ def test_buffer_assignment_gives_the_executables_memory_analysis(tmp_path):
     memory = MemoryAnalysis.of_buffer_assignment(assignment.read_text())
     assert memory == MemoryAnalysis(*json.loads(compiled.read_text()))
     assert memory.aliased > 0 and memory.temporaries > 0  # the parser saw every kind of allocation
+
+    # what is live at the peak, by shape: every value's shape read
+    live = peak_live_bytes(assignment, lambda dtype, dims: "parameter" if dims == (64, 128) else dtype)
+    assert set(live) == {"parameter", "f32"}
