@@ -12,11 +12,15 @@ parameters, reference in the compute dtype); LoRA is ``configs/train/lora.py:sdx
 compute dtype). Both: bf16 compute, ``save_dots`` remat, one micro-batch.
 Peak = arguments + outputs - donated (aliased) + temporaries.
 
-On a CPU the figures are XLA:CPU's (its fusion and buffer reuse are not
-XLA:GPU's or XLA:TPU's), and by default they are read from the buffer
-assignment, where each variant's compile, run in a child process, is then
-stopped (``--stop-at buffer_assignment``; ``bench/xla_memory.py``): XLA:CPU's
-code generation of the SDXL step takes far longer than all before it.
+On a CPU the figures are XLA:CPU's (its fusion, fp32 compute of bf16 ops,
+attention without flash kernels and buffer reuse are not XLA:GPU's or
+XLA:TPU's), and by default they are read from the buffer assignment, where
+each variant's compile, run in a child process, is then stopped (``--stop-at
+buffer_assignment``; ``bench/xla_memory.py``): XLA:CPU's code generation of
+the SDXL step takes far longer than all before it. Run it there with
+``XLA_FLAGS=--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``:
+XLA:CPU's default scheduler trades memory for concurrency (SDXL LoRA: 378 GiB
+peak against 103 GiB).
 ``--stop-at executable --xla-dump-to DIR`` compiles to the end and checks that
 the dumped assignment gives the executable's figures.
 """
