@@ -1,0 +1,44 @@
+"""The memory figures read from XLA's dumped buffer assignment, where the
+compile is stopped before code generation, are the compiled executable's."""
+
+import json
+import sys
+import textwrap
+
+from bench.xla_memory import MemoryAnalysis, peak_live_bytes, until_buffer_assignment
+
+# A train-step-like function: donated parameters updated in place, temporaries
+# for the activations. It compiles once without a dump (its figures written out),
+# then again with one, and waits to be stopped.
+_CHILD = """
+import json, sys, time
+import jax, jax.numpy as jnp
+
+def step(w, x):
+    grad = jax.grad(lambda w: jnp.sum(jnp.tanh(jnp.tanh(x @ w) @ w.T) ** 2))(w)
+    return w - 0.1 * grad, jnp.sum(grad)
+
+args = jax.ShapeDtypeStruct((64, 128), jnp.float32), jax.ShapeDtypeStruct((256, 64), jnp.float32)
+lowered = jax.jit(step, donate_argnums=(0,)).lower(*args)
+m = lowered.compile().memory_analysis()
+with open(sys.argv[2], "w") as f:
+    json.dump([m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes, m.temp_size_in_bytes], f)
+lowered.compile(compiler_options={"xla_dump_to": sys.argv[1]})
+time.sleep(600)
+"""
+
+
+def test_buffer_assignment_gives_the_executables_memory_analysis(tmp_path):
+    script, compiled = tmp_path / "child.py", tmp_path / "compiled.json"
+    script.write_text(textwrap.dedent(_CHILD))
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    command = [sys.executable, str(script), str(dump), str(compiled)]
+    assignment, _ = until_buffer_assignment(command, dump, "step", timeout_s=120)
+    memory = MemoryAnalysis.of_buffer_assignment(assignment.read_text())
+    assert memory == MemoryAnalysis(*json.loads(compiled.read_text()))
+    assert memory.aliased > 0 and memory.temporaries > 0  # the parser saw every kind of allocation
+
+    # what is live at the peak, by shape: every value's shape read
+    live = peak_live_bytes(assignment, lambda dtype, dims: "parameter" if dims == (64, 128) else dtype)
+    assert set(live) == {"parameter", "f32"}
