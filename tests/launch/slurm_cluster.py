@@ -71,7 +71,7 @@ def wait_for(check, what: str, logs: list[Path], timeout_s: float = 60.0) -> Non
         if check():
             return
         time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs if p.exists())
     raise RuntimeError(f"{what} within {timeout_s:.0f} s\n{tails}")
 
 

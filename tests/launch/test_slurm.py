@@ -36,7 +36,7 @@ def submit(cluster, tmp_path, job_options, job_args):
     launcher = [sys.executable, "-m", "launch.slurm", *job_options, "--wait"]
     launcher += ["--output", str(tmp_path / "slurm-%j.out"), "--script", str(tmp_path / "job.sbatch")]
     done = subprocess.run([*launcher, "--", *job_args], env=cluster, capture_output=True, text=True, timeout=1500)
-    output = "\n".join(p.read_text() for p in sorted(tmp_path.glob("slurm-*.out")))
+    output = "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("slurm-*.out")))
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{output[-5000:]}"
     return output
 
