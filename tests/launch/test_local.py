@@ -1,9 +1,10 @@
-"""launch.local: two processes on this machine train as one process does; a
-SIGTERM to one of them stops both at one step, saved; run again, they resume
-and end bit for bit where an uninterrupted two-process run ends.
+"""launch.local: a SIGTERM to one of two processes stops both at one step,
+saved; run again, they resume and end where the one-process run ends.
 
-The three launches are the suite's only multi-process training (besides the
-SLURM test): each starts two interpreters, so they are one test.
+The two launches are the suite's only multi-process training (besides the
+SLURM test): each starts two interpreters, so they are one test. Bit-exact
+resume is checked in one process (tests/train/test_checkpoint.py); here the
+resumed two-process run is held to the one-process run's losses and weights.
 """
 
 import os
@@ -13,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from run_fixtures import STEPS, assert_same_run, logged_steps, override_flags, saved_params, saved_steps
+from run_fixtures import STEPS, assert_same_run, logged_steps, override_flags, saved_steps
 
 INTERRUPTED_EXIT = 128 + signal.SIGTERM
 
@@ -56,27 +56,23 @@ def launch_local(cache, workdir: Path, sigterm_process_1: bool = False) -> tuple
     return p.returncode, process_logs
 
 
-def test_two_local_processes_train_as_one_and_resume_bit_exact_after_sigterm(tiny_cache, reference_run, tmp_path):
-    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
-
-    code, logs = launch_local(tiny_cache, whole)
-    assert code == 0, "\n".join(log[-3000:] for log in logs)
-    assert "devices  4 x cpu on 2 process(es)" in logs[0] and f"step {STEPS}/{STEPS}" in logs[0]
-    assert_same_run(whole, reference_run)
-
-    code, logs = launch_local(tiny_cache, interrupted, sigterm_process_1=True)
+def test_two_local_processes_stop_together_on_sigterm_and_resume_to_the_one_process_run(
+    tiny_cache, reference_run, tmp_path
+):
+    workdir = tmp_path / "run"
+    code, logs = launch_local(tiny_cache, workdir, sigterm_process_1=True)
     assert code == INTERRUPTED_EXIT, "\n".join(log[-3000:] for log in logs)  # a scheduler requeues it
-    stopped = saved_steps(interrupted)[-1]
+    assert "devices  4 x cpu on 2 process(es)" in logs[0]
+    stopped = saved_steps(workdir)[-1]
     assert 1 <= stopped < STEPS, stopped
     for i, log in enumerate(logs):  # each process saved the step they agreed on, and no later one
         assert f"process {i}: stopped by SIGTERM after step {stopped}, saved it" in log, log[-3000:]
 
-    code, logs = launch_local(tiny_cache, interrupted)
+    code, logs = launch_local(tiny_cache, workdir)
     assert code == 0, "\n".join(log[-3000:] for log in logs)
-    assert f"steps    {stopped} -> {STEPS} (resumed" in logs[0]
-    assert logged_steps(interrupted) == list(range(1, STEPS + 1))  # every step once
-    for resumed, expected in zip(saved_params(interrupted), saved_params(whole), strict=True):
-        np.testing.assert_array_equal(resumed, expected)
+    assert f"steps    {stopped} -> {STEPS} (resumed" in logs[0] and f"step {STEPS}/{STEPS}" in logs[0]
+    assert logged_steps(workdir) == list(range(1, STEPS + 1))  # every step once
+    assert_same_run(workdir, reference_run)
 
 
 def test_a_failing_process_stops_the_others(tmp_path):
