@@ -12,7 +12,7 @@ def get_config(size: str = "demo") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     # The base: a tiny VAE fit to renders, then the UNet pretrained on renders by bdpo_jax.
-    config.vae_steps = 300
+    config.vae_steps = 800
     config.unet = ml_collections.ConfigDict(
         {
             "block_out_channels": [16, 32],
@@ -25,7 +25,7 @@ def get_config(size: str = "demo") -> ml_collections.ConfigDict:
     )
     config.pretrain_prompts = 210  # the training prompts (the grammar's 270 less the held-out 60: 210)
     config.renders_per_prompt = 4  # pretraining images of each
-    config.pretrain_steps = 400
+    config.pretrain_steps = 1500
     # Preference pairs: two samples of the base per prompt, seeds apart (as Pick-a-Pic's).
     config.pair_prompts = 210  # the training prompts, each ``pairs_per_prompt`` times
     config.pairs_per_prompt = 2

@@ -20,6 +20,13 @@ from scorers_torch.tiny_models import _bytes_to_unicode, _text_config
 
 TEXT_LENGTH = 16  # tokens, start and end included; the longest prompt has 12
 TEXT_WIDTH = 32
+# The random text encoder's token embeddings: CLIP's initialisation (std 0.02,
+# as large as the position embeddings') leaves every prompt's states nearly the
+# same (red -> blue moved the colour word's state by 0.14 std, the whole prompt's
+# by ~0.1), and a UNet pretrained on them ignored its prompts. At std 1 a
+# changed word moves its state by ~1 std: a frozen encoder whose states say
+# what the prompt says, as a trained CLIP's do.
+TOKEN_EMBEDDING_STD = 1.0
 LATENT_CHANNELS = 4
 VAE_CHANNELS = (32, 32, 32)  # three levels: 32 px images, 8 x 8 latents
 
@@ -121,7 +128,9 @@ def make_world_pipeline(
     torch.manual_seed(seed)
     text_config = _text_config(tokenizer, TEXT_WIDTH)
     text_config.max_position_embeddings = TEXT_LENGTH
-    CLIPTextModel(text_config).save_pretrained(directory / "text_encoder")
+    text_encoder = CLIPTextModel(text_config)
+    torch.nn.init.normal_(text_encoder.get_input_embeddings().weight, std=TOKEN_EMBEDDING_STD)
+    text_encoder.save_pretrained(directory / "text_encoder")
     vae = train_world_vae(vae_steps, seed=seed, log=log)
     vae.save_pretrained(directory / "vae")
     unet_config = dict(unet_config, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS)

@@ -39,6 +39,20 @@ def test_balanced_dpo_trains_exports_and_is_evaluated_against_the_base(demo):
     assert json.loads((workdir / "demo_result.json").read_text())["grid"] == outcome["grid"]
 
 
+def test_the_base_tells_prompts_apart_and_the_pairs_cache_matches_its_source(demo):
+    """A changed word moves the text states by ~1 std (CLIP's own initialisation:
+    0.27, and a base that ignored its prompts); the cached text states and latents
+    are what the base's encoders make of each row's caption and images."""
+    from scorers_torch import world, world_diagnosis
+
+    workdir, _ = demo
+    assert world_diagnosis.text_separation(workdir / "base", world.split_prompts(60)[1][:4]) > 0.5
+    found = world_diagnosis.cache_alignment(
+        workdir / "pairs" / "cache", workdir / "base", workdir / "pairs" / "pairs.parquet"
+    )
+    assert found == {"text_states": 0.0, "latents_0": 0.0, "latents_1": 0.0}
+
+
 def test_run_again_reuses_every_stage(demo):
     workdir, outcome = demo
     stamps = {p: p.stat().st_mtime_ns for p in (workdir / "base" / "unet").iterdir()}

@@ -1,0 +1,202 @@
+"""Does the small world's base follow its prompts, and if not, where is the
+text lost? Three measurements on a pipeline directory (and its caches):
+
+- ``conditioning_losses``: the UNet's diffusion loss on fresh renders of
+  held-out prompts with their own caption, another prompt's caption and the
+  empty one. Equal losses: the UNet ignores its text states.
+- ``cache_alignment``: a cache's text states against the pipeline's text
+  encoder run on each pair's caption now, and its latents against the VAE run
+  on the source images: a cache whose rows do not match their captions trains
+  a UNet that cannot follow them.
+- ``attribute_accuracy``: of sampled images, the share whose object has the
+  prompt's colour, shape, place and background (nearest of the grammar's), at
+  guidance 1 and at the world's guidance (equal: the sampler's prompt does nothing).
+
+    python -m scorers_torch.world_diagnosis --base workdirs/world/base [--workdir workdirs/world]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from scorers_torch import world
+
+ATTRIBUTES = ("colour", "shape", "position", "background")
+
+
+def _nearest(value: np.ndarray | float, table: dict) -> str:
+    return min(table, key=lambda name: float(np.linalg.norm(np.asarray(table[name], np.float32) - value)))
+
+
+def read_attributes(image: Image.Image) -> dict[str, str]:
+    """The grammar's nearest colour, shape, place and background of what an image shows."""
+    reading = world.measure(image)
+    if reading.area == 0:
+        return {}
+    return {
+        "colour": _nearest(reading.object_colour, world.COLOURS),
+        "shape": _nearest(reading.fill, world.SHAPES),
+        "position": _nearest(reading.centre, world.POSITIONS),
+        "background": _nearest(reading.background, world.BACKGROUNDS),
+    }
+
+
+def attribute_accuracy(images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
+    """Share of images showing each attribute their prompt names (no object: wrong on all)."""
+    hits = {name: 0 for name in ATTRIBUTES}
+    for image, prompt in zip(images, prompts, strict=True):
+        wanted, seen = world.parse_prompt(prompt), read_attributes(image)
+        for name in ATTRIBUTES:
+            hits[name] += seen.get(name) == getattr(wanted, name)
+    return {name: hits[name] / max(len(prompts), 1) for name in ATTRIBUTES}
+
+
+@torch.no_grad()
+def text_separation(base: str | Path, prompts: Sequence[str]) -> float:
+    """How far the base's text states move when one word of a prompt changes:
+    the mean over prompts and attributes of the largest per-position mean
+    absolute change, in units of the states' std (0: the UNet cannot tell the prompts apart)."""
+    from scorers_torch.encoders import BaseModelEncoders
+
+    encoders = BaseModelEncoders(base, device="cpu", dtype=torch.float32)
+    tables = {"colour": world.COLOURS, "shape": world.SHAPES, "position": world.POSITIONS,
+              "background": world.BACKGROUNDS}  # fmt: skip
+    originals, changed = [], []
+    for prompt in prompts:
+        attributes = world.parse_prompt(prompt)
+        for name, table in tables.items():
+            other = next(v for v in table if v != getattr(attributes, name))
+            originals.append(prompt)
+            changed.append(dataclasses.replace(attributes, **{name: other}).prompt)
+    states = encoders.encode_text(originals + changed)[0].astype(np.float32)
+    first, second = states[: len(originals)], states[len(originals) :]
+    return float((np.abs(first - second).mean(-1).max(-1) / states.std()).mean())
+
+
+@torch.no_grad()
+def conditioning_losses(
+    base: str | Path,
+    prompts: Sequence[str],
+    renders_per_prompt: int = 4,
+    timesteps: Sequence[int] = (100, 300, 500, 700, 900),
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean diffusion loss (the base's prediction target) on renders of ``prompts``
+    with the right caption, a wrong one (another prompt's) and the empty one."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from scorers_torch.encoders import BaseModelEncoders
+
+    base = Path(base)
+    encoders = BaseModelEncoders(base, device="cpu", dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet").eval()
+    scheduler = DDPMScheduler.from_pretrained(base / "scheduler")
+    rng = np.random.default_rng(seed)
+    captions = [p for p in prompts for _ in range(renders_per_prompt)]
+    images = [world.render(world.parse_prompt(p), rng) for p in captions]
+    latents = torch.from_numpy(encoders.encode_images(images).astype(np.float32)).permute(0, 3, 1, 2)
+    others = [prompts[(prompts.index(p) + 1 + rng.integers(len(prompts) - 1)) % len(prompts)] for p in captions]
+    texts = {
+        name: torch.from_numpy(encoders.encode_text(list(c))[0].astype(np.float32))
+        for name, c in (("right", captions), ("wrong", others), ("empty", [""] * len(captions)))
+    }
+    generator = torch.Generator().manual_seed(seed)
+    losses = {name: [] for name in texts}
+    for t in timesteps:
+        noise = torch.randn(latents.shape, generator=generator)
+        step = torch.full((len(latents),), int(t))
+        noisy = scheduler.add_noise(latents, noise, step)
+        target = (
+            noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, step)
+        )
+        for name, text in texts.items():
+            prediction = unet(noisy, step, encoder_hidden_states=text).sample
+            losses[name].append((prediction - target).square().mean().item())
+    return {name: float(np.mean(values)) for name, values in losses.items()}
+
+
+@torch.no_grad()
+def cache_alignment(cache: str | Path, base: str | Path, source: str | Path, max_pairs: int = 64) -> dict[str, float]:
+    """Largest difference between a cache's rows and the base's encoders run
+    now on their source pairs: text states against the pair's caption, latents
+    against image 0 and image 1 (fp16 rounding is ~1e-3 of their scale)."""
+    import pyarrow.parquet as pq
+
+    from bdpo_jax import cache as cache_format
+    from scorers_torch.encoders import BaseModelEncoders
+    from scorers_torch.pickapic import decode_image
+
+    encoders = BaseModelEncoders(base, device="cpu", dtype=torch.float32)
+    table = pq.read_table(source).to_pydict()
+    manifest = cache_format.read_manifest(cache)
+    shard = cache_format.open_shards(str(cache), manifest)[0]
+    rows = np.arange(min(max_pairs, len(shard["label"])))
+    source_rows = np.asarray(shard["source_row"])[rows]
+    captions = [table["caption"][r] for r in source_rows]
+    cached_text = np.asarray(shard["text_states"])[np.asarray(shard["caption_id"])[rows]].astype(np.float32)
+    text = encoders.encode_text(captions)[0].astype(np.float32)
+    out = {"text_states": float(np.abs(cached_text - text).max() / np.abs(text).max())}
+    for side in (0, 1):
+        images = [decode_image(table[f"jpg_{side}"][r]) for r in source_rows]
+        fresh = encoders.encode_images(images).astype(np.float32)
+        cached = np.asarray(shard[f"latents_{side}"])[rows].astype(np.float32)
+        out[f"latents_{side}"] = float(np.abs(cached - fresh).max() / np.abs(fresh).max())
+    return out
+
+
+def sample_accuracy(base: str | Path, prompts: Sequence[str], guidance: float, steps: int, seed: int = 0):
+    """Attribute accuracy of one sample per prompt at a guidance scale (same seeds at every scale)."""
+    from scorers_torch.evaluation.generate import describe_model, generate, load_pipeline
+
+    info = describe_model("base", str(base))
+    pipeline = load_pipeline(info, torch.device("cpu"), torch.float32)
+    seeds = [seed + i for i in range(len(prompts))]
+    images = generate(pipeline, info, list(prompts), seeds, guidance, steps)
+    return attribute_accuracy(images, prompts), images
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the world's pipeline directory (WORKDIR/base)")
+    parser.add_argument("--workdir", help="the world's work directory: also check its caches against their sources")
+    parser.add_argument("--prompts", type=int, default=60, help="held-out prompts to measure on")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps")
+    args = parser.parse_args(argv)
+    from bdpo_jax.small_world import setup_torch
+
+    setup_torch()  # one thread, library warnings off
+    prompts = world.split_prompts(60)[1][: args.prompts]
+    print(f"text states: one changed word moves them by {text_separation(args.base, prompts):.2f} std")
+    losses = conditioning_losses(args.base, prompts)
+    print("diffusion loss on renders of held-out prompts, by caption: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))  # fmt: skip
+    renders = [world.render(world.parse_prompt(p), np.random.default_rng(i)) for i, p in enumerate(prompts)]
+    print("attribute accuracy of renders: " + _fmt(attribute_accuracy(renders, prompts)))
+    for guidance in sorted({1.0, args.guidance}):
+        accuracy, _ = sample_accuracy(args.base, prompts, guidance, args.steps)
+        print(f"attribute accuracy of samples at guidance {guidance:g}: " + _fmt(accuracy))
+    if args.workdir:
+        workdir = Path(args.workdir)
+        for name, cache, source in (
+            ("pretraining", workdir / "pretrain" / "cache", workdir / "pretrain" / "renders.parquet"),
+            ("pairs", workdir / "pairs" / "cache", workdir / "pairs" / "pairs.parquet"),
+        ):
+            if (cache / "manifest.json").is_file():
+                found = cache_alignment(cache, args.base if name == "pairs" else workdir / "pretrain" / "init", source)
+                print(f"{name} cache against its source, max relative difference: " + _fmt(found, "{:.2e}"))
+
+
+def _fmt(values: dict[str, float], spec: str = "{:.0%}") -> str:
+    return ", ".join(f"{k} {spec.format(v)}" for k, v in values.items())
+
+
+if __name__ == "__main__":
+    main()
