@@ -62,7 +62,10 @@ def grid(
     """Rows: prompts; columns: models; each cell image ``image_index`` (the same seed in every column)."""
     font = ImageFont.load_default(size=FONT_SIZE)
     rows, prompts = _rows(columns, prompt_set), _prompts(columns, prompt_set)
-    label_width, text_height, header, pitch = cell, LINE * len(metrics) + 6, LINE + 8, cell + GAP
+    shown = [rows[key] for key in ((m, p, image_index) for p in prompt_indices for m in models) if key in rows]
+    texts = [*models, *(line for row in shown for line in _score_lines(columns, row, metrics))]
+    column = max([cell, *(int(font.getlength(text)) + 8 for text in texts)])  # a score line never runs into the next
+    label_width, text_height, header, pitch = cell, LINE * len(metrics) + 6, LINE + 8, column + GAP
     width = label_width + pitch * len(models)
     height = header + (cell + text_height) * len(prompt_indices)
     canvas = Image.new("RGB", (width, height), "white")
