@@ -28,7 +28,9 @@ from PIL import Image
 
 from scorers_torch import world
 
-ATTRIBUTES = ("colour", "shape", "position", "background")
+# Each attribute a prompt names, and the grammar's table of its values.
+TABLES = {"colour": world.COLOURS, "shape": world.SHAPES, "position": world.POSITIONS, "background": world.BACKGROUNDS}
+ATTRIBUTES = tuple(TABLES)
 
 
 def _nearest(value: np.ndarray | float, table: dict) -> str:
@@ -40,12 +42,8 @@ def read_attributes(image: Image.Image) -> dict[str, str]:
     reading = world.measure(image)
     if reading.area == 0:
         return {}
-    return {
-        "colour": _nearest(reading.object_colour, world.COLOURS),
-        "shape": _nearest(reading.fill, world.SHAPES),
-        "position": _nearest(reading.centre, world.POSITIONS),
-        "background": _nearest(reading.background, world.BACKGROUNDS),
-    }
+    seen = (reading.object_colour, reading.fill, reading.centre, reading.background)
+    return {name: _nearest(value, TABLES[name]) for name, value in zip(ATTRIBUTES, seen, strict=True)}
 
 
 def attribute_accuracy(images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
@@ -66,12 +64,10 @@ def text_separation(base: str | Path, prompts: Sequence[str]) -> float:
     from scorers_torch.encoders import BaseModelEncoders
 
     encoders = BaseModelEncoders(base, device="cpu", dtype=torch.float32)
-    tables = {"colour": world.COLOURS, "shape": world.SHAPES, "position": world.POSITIONS,
-              "background": world.BACKGROUNDS}  # fmt: skip
     originals, changed = [], []
     for prompt in prompts:
         attributes = world.parse_prompt(prompt)
-        for name, table in tables.items():
+        for name, table in TABLES.items():
             other = next(v for v in table if v != getattr(attributes, name))
             originals.append(prompt)
             changed.append(dataclasses.replace(attributes, **{name: other}).prompt)

@@ -63,7 +63,8 @@ def grid(
     font = ImageFont.load_default(size=FONT_SIZE)
     rows, prompts = _rows(columns, prompt_set), _prompts(columns, prompt_set)
     shown = [rows[key] for key in ((m, p, image_index) for p in prompt_indices for m in models) if key in rows]
-    texts = [*models, *(line for row in shown for line in _score_lines(columns, row, metrics))]
+    score_lines = {row: _score_lines(columns, row, metrics) for row in shown}
+    texts = [*models, *(line for lines in score_lines.values() for line in lines)]
     column = max([cell, *(int(font.getlength(text)) + 8 for text in texts)])  # a score line never runs into the next
     label_width, text_height, header, pitch = cell, LINE * len(metrics) + 6, LINE + 8, column + GAP
     width = label_width + pitch * len(models)
@@ -87,7 +88,7 @@ def grid(
             image = read_image(under(root, str(columns["image"][row])))
             resample = Image.Resampling.NEAREST if image.width < cell else Image.Resampling.LANCZOS
             canvas.paste(image.resize((cell, cell), resample), (left, top))
-            for k, line in enumerate(_score_lines(columns, row, metrics)):
+            for k, line in enumerate(score_lines[row]):
                 draw.text((left + 4, top + cell + 3 + k * LINE), line, fill="black", font=font)
     return canvas
 
