@@ -114,8 +114,8 @@ def damage(step_dir: str | os.PathLike) -> str | None:
 
 def set_aside(step_dir: str | os.PathLike, why: str) -> None:
     """Process 0 moves a damaged checkpoint out of orbax's sight (nothing is deleted)."""
-    parent, step = os.fspath(step_dir).rstrip("/").rsplit("/", 1)
-    aside = f"{parent}/damaged-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent, step = storage.split(step_dir)
+    aside = storage.join(parent, f"damaged-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     logging.warning("checkpoint step %s in %s is damaged (%s): moved to %s", step, parent, why, aside)
     print(f"warning: checkpoint of step {step} is damaged ({why}); moved to {aside}", flush=True)
     if jax.process_index() == 0:

@@ -1,7 +1,8 @@
 """Where a run's metrics go: JSON lines and TensorBoard events, from process 0.
 
 In a gs:// or s3:// workdir both go through fsspec: objects cannot be appended
-to, so ``metrics.jsonl`` is written again whole at each logged step, and each
+to, so ``metrics.jsonl`` is written again whole at each logged step (from the
+lines kept in memory, not read back), and each
 TensorBoard event file is uploaded whole at each flush (as tensorboardX's own
 S3 and GCS writers do; these replace them, so that endpoints and credentials
 come from fsspec as for every other file of the project)."""
@@ -30,26 +31,35 @@ class MetricsWriter:
         self.tensorboard_dir = storage.join(workdir, "tensorboard")
         self.enabled = jax.process_index() == 0
         self.tensorboard = None
+        self.object_text: str | None = None  # in an object store: the whole metrics file so far
         if self.enabled:
             from tensorboardX import SummaryWriter
 
+            kept = self._drop_lines_after(start)
             if not storage.is_local(workdir):
                 _write_events_through_fsspec()
-            self._drop_lines_after(start)
+                self.object_text = kept
             self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=start + 1 if start else None)
 
-    def _drop_lines_after(self, start: int) -> None:
+    def _drop_lines_after(self, start: int) -> str:
+        """The lines kept, also written back where some were dropped."""
         if not storage.exists(self.path):
-            return
+            return ""
         lines = storage.read_text(self.path).splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and _step(line) is not None and _step(line) <= start]
         if kept != lines:
             storage.write_text(self.path, "".join(kept))
+        return "".join(kept)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        storage.append_text(self.path, json.dumps({"step": step, **metrics}) + "\n")
+        line = json.dumps({"step": step, **metrics}) + "\n"
+        if self.object_text is None:
+            storage.append_text(self.path, line)
+        else:
+            self.object_text += line
+            storage.write_text(self.path, self.object_text)
         for name, value in metrics.items():
             self.tensorboard.add_scalar(name, value, step)
         self.tensorboard.flush()

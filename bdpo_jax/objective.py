@@ -71,11 +71,10 @@ def dpo_loss(
     return per_pair.sum() / decided, preference_metrics(gap, pair_label(signs, weights), beta)
 
 
-def sft_loss(mse_pol: MSE, labels: jax.Array, decided: jax.Array | None = None) -> jax.Array:
+def sft_loss(mse_winner: jax.Array, labels: jax.Array, decided: jax.Array | None = None) -> jax.Array:
     """Plain diffusion loss on each pair's winner (ties skipped): the SFT baseline."""
-    winner = jnp.where(labels >= 0, mse_pol[0], mse_pol[1])
     decided = decided_pairs(labels[:, None]) if decided is None else decided
-    return (winner * (labels != 0)).sum() / decided
+    return (mse_winner * (labels != 0)).sum() / decided
 
 
 def loss_and_metrics(
@@ -90,5 +89,6 @@ def loss_and_metrics(
     """The configured objective's loss; the DPO metrics either way (SFT reports them against the reference)."""
     loss, metrics = dpo_loss(mse_pol, mse_ref, signs, weights, beta, decided)
     if objective == "sft":
-        loss = sft_loss(mse_pol, pair_label(signs, weights), decided)
+        labels = pair_label(signs, weights)
+        loss = sft_loss(jnp.where(labels >= 0, mse_pol[0], mse_pol[1]), labels, decided)
     return loss, metrics

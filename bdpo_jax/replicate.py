@@ -61,11 +61,14 @@ def tables_text(tables, variants: list[str]) -> str:
 def finding(tables, variants: list[str]) -> list[str]:
     """BalancedDPO's win rate against the base on every metric, and its worst
     metric's win rate against each ablation's worst."""
+    from scorers_torch.evaluation.stats import STATISTICS
+
+    statistic = STATISTICS[tables.statistic]
     lines = []
     rates = [tables.win_rate("balanced", "base", "world", m) for m in tables.metrics]
     above = all(w.low > 0.5 for w in rates)
     lines.append(
-        "BalancedDPO vs base: "
+        f"BalancedDPO vs base ({statistic}): "
         + ", ".join(f"{w.metric} {100 * w.win_rate:.1f}% [{100 * w.low:.1f}, {100 * w.high:.1f}]" for w in rates)
         + f" -> lower bound above 50% on every metric: {'yes' if above else 'no'}"
     )
@@ -76,7 +79,7 @@ def finding(tables, variants: list[str]) -> list[str]:
         theirs = tables.worst(variant, "base")
         verdict = "beats" if mine.win_rate > theirs.win_rate else "does not beat"
         lines.append(
-            f"worst metric vs base: BalancedDPO {100 * mine.win_rate:.1f}% ({mine.metric}) {verdict} "
+            f"worst metric vs base ({statistic}): BalancedDPO {100 * mine.win_rate:.1f}% ({mine.metric}) {verdict} "
             f"{NAMES.get(variant, variant)} {100 * theirs.win_rate:.1f}% ({theirs.metric})"
         )
     return lines
@@ -122,8 +125,15 @@ def run_replicate(workdir: Path, size: str = "replicate", variants: list[str] | 
     console.say(f"evaluation: {len(models)} models on {world.eval_prompts} held-out prompts")
     comparisons = "*:base" + (",balanced:dpo" if "dpo" in variants else "")
     results = small_world.evaluate(workdir / "eval", models, world, comparisons)
-    text = tables_text(results.tables, variants)
-    lines = finding(results.tables, variants)
+    typical = small_world.mean_of_n(results)
+    text = "\n".join(
+        [
+            tables_text(results.tables, variants),
+            "The same comparisons on each prompt's mean over its N images (the typical image):\n",
+            tables_text(typical, variants),
+        ]
+    )
+    lines = finding(results.tables, variants) + finding(typical, variants)
     grid = paper_grid(results, workdir / "replicate_grid.png")
     summary = {"variants": variants, "finding": lines, "grid": str(grid),
                "seconds": time.perf_counter() - start}  # fmt: skip

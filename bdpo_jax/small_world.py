@@ -80,12 +80,24 @@ def preprocess_into(source: Path, base: Path, output: Path, tie_policy: str = "d
 
 def train_and_export(config: ml_collections.ConfigDict, run: Path, base: Path, out: Path) -> Path:
     """Trains (resuming) and exports to a pipeline; the export is made again
-    where the run has a newer step than the one it holds."""
+    where the run has a newer step than the one it holds. A finished run made
+    with other settings (this world's config changed since) is an error, not reused."""
+    import json
+
     from bdpo_jax.checkpoints import step_dirs
     from bdpo_jax.errors import UserError
     from bdpo_jax.export import export_is_current, export_pipeline
     from bdpo_jax.train import train
+    from bdpo_jax.workdir import CONFIG_NAME, config_changes, resumable
 
+    if (run / CONFIG_NAME).is_file():  # the cache's path may be spelled otherwise; its content is this workdir's
+        changes = config_changes(json.loads((run / CONFIG_NAME).read_text()), config)
+        altering = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items() if not resumable(k) and k != "cache"]
+        if altering:
+            raise UserError(
+                f"{run} was trained with other settings ({'; '.join(altering)}): the world's config changed "
+                f"since. Remove {run} and {out} to train it again with the new ones, or use another --workdir"
+            )
     if max(step_dirs(run.absolute() / "checkpoints"), default=0) < config.train.steps:
         step = int(train(config, run).step)
         if step < config.train.steps:  # stopped by SIGTERM: a partial model is no stage's output
@@ -195,6 +207,17 @@ def train_variant(workdir: Path, variant: str, base: Path, cache: Path, world: m
         min(config.train.global_batch, 8) if world.train_steps < 10 else config.train.global_batch
     )
     return train_and_export(config, workdir / "runs" / variant, base, workdir / "models" / variant)
+
+
+def mean_of_n(results):
+    """The evaluation's comparisons on each prompt's mean score over its N images
+    instead of the best: the typical image, where best-of-N rewards diversity."""
+    from scorers_torch.evaluate import read_scores
+    from scorers_torch.evaluation import stats
+
+    t = results.tables
+    columns = read_scores(results.scores)
+    return stats.tabulate(columns, t.comparisons, t.prompt_sets, t.metrics, confidence=t.confidence, statistic="mean")
 
 
 def evaluate(output: Path, models: dict[str, Path], world: ml_collections.ConfigDict, comparisons: str | None = None):

@@ -72,11 +72,13 @@ def to_compute(batch: dict) -> dict:
 
 
 def _unet_inputs(batch: dict, noisy: jax.Array, t: jax.Array, cfg: StepConfig) -> dict:
-    """Both images of every pair in one batch: [x0 of all pairs; x1 of all pairs]."""
-    twice = lambda a: jnp.concatenate([a, a])  # noqa: E731
-    inputs = {"sample": noisy, "timesteps": twice(t), "encoder_hidden_states": twice(batch["text_states"])}
+    """Both images of every pair in one batch, [x0 of all pairs; x1 of all pairs],
+    or one image per pair (SFT's winners): the pairs' conditioning repeated to match."""
+    copies = noisy.shape[0] // t.shape[0]
+    repeat = lambda a: jnp.concatenate([a] * copies)  # noqa: E731
+    inputs = {"sample": noisy, "timesteps": repeat(t), "encoder_hidden_states": repeat(batch["text_states"])}
     if cfg.sdxl_time_ids is not None:
-        inputs["text_embeds"] = twice(batch["pooled"])
+        inputs["text_embeds"] = repeat(batch["pooled"])
         inputs["time_ids"] = jnp.broadcast_to(jnp.asarray(cfg.sdxl_time_ids, jnp.float32), (noisy.shape[0], 6))
     return inputs
 
@@ -162,6 +164,34 @@ def loss_and_metrics(
     return loss, metrics | {"loss": loss}
 
 
+def sft_loss_and_metrics(
+    params: dict,
+    ref_params: dict,
+    batch: dict,
+    noise: jax.Array,
+    t: jax.Array,
+    signs: jax.Array,
+    weights: jax.Array,
+    decided: jax.Array,
+    graphdef: nnx.GraphDef,
+    cfg: StepConfig,
+    base: dict | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The SFT objective's training loss, as ``loss_and_metrics`` gives it, at a
+    third of the compute: it needs neither the reference nor the losers, so one
+    forward of the policy on each pair's winner. (Held-out evaluation keeps the
+    full computation, for the DPO metrics against the reference.)"""
+    del ref_params
+    labels = pair_label(signs, weights)
+    winner_first = (labels >= 0).reshape(-1, *[1] * (noise.ndim - 1))
+    x = jnp.where(winner_first, batch["latents_0"], batch["latents_1"])
+    noisy, target = cfg.schedule.noisy_and_target(x, noise, t)
+    prediction = _forward(params, base or {}, _unet_inputs(batch, noisy, t, cfg), graphdef, cfg.compute_dtype)
+    mse_winner = objective.per_sample_mse(prediction, target)
+    loss = objective.sft_loss(mse_winner, labels, decided)
+    return loss, {"loss": loss, "mse_policy_winner": jnp.where(labels != 0, mse_winner, 0).sum() / decided}
+
+
 def draw(rng: jax.Array, batch: dict, cfg: StepConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """One noise draw and one timestep per pair (shared by its two images), and the pairs' signs and weights."""
     noise_rng, time_rng, label_rng = jax.random.split(rng, 3)
@@ -217,7 +247,7 @@ def train_step(
             jax.tree.map(lambda a: a.reshape(pairs // accum, accum, *a.shape[1:]).swapaxes(0, 1), tree)
         )
 
-    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+    grad_fn = jax.value_and_grad(sft_loss_and_metrics if cfg.objective == "sft" else loss_and_metrics, has_aux=True)
 
     def accumulate(grads, xs):
         micro_batch, micro_noise, micro_t, micro_signs = xs

@@ -74,6 +74,12 @@ def join(path: str | os.PathLike, *parts: str) -> str:
     return os.path.join(path, *parts)
 
 
+def split(path: str | os.PathLike) -> tuple[str, str]:
+    """(parent, name) of a local path or a URL (``gs://b/run/ckpt/5`` -> ``gs://b/run/ckpt``, ``5``)."""
+    path = os.fspath(path).rstrip("/")
+    return posixpath.split(path) if "://" in path else os.path.split(path)
+
+
 def exists(path: str | os.PathLike) -> bool:
     fs, p = filesystem(path)
     fs.invalidate_cache(p)  # listings are cached by gcsfs and s3fs; other processes write

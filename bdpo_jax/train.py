@@ -52,10 +52,13 @@ class Progress:
         self.tick, self.last_step = now, step
         self.writer.write(step, metrics)
         self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_per_s=f"{metrics['pairs_per_s']:.1f}")
+        preference = (  # SFT's training step has no reference to measure against
+            f"  implicit acc {metrics['implicit_accuracy']:.3f}  margin {metrics['reward_margin']:.3f}"
+            if "implicit_accuracy" in metrics
+            else ""
+        )
         console.say(
-            f"step {step}/{self.total}  loss {metrics['loss']:.4f}"
-            f"  implicit acc {metrics['implicit_accuracy']:.3f}"
-            f"  margin {metrics['reward_margin']:.3f}  grad norm {metrics['grad_norm']:.3g}"
+            f"step {step}/{self.total}  loss {metrics['loss']:.4f}{preference}  grad norm {metrics['grad_norm']:.3g}"
             f"  lr {metrics['learning_rate']:.2e}  {metrics['pairs_per_s']:.1f} pairs/s"
         )
         if not self.estimated and step < self.total:  # the first interval includes compilation: an upper bound

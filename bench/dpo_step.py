@@ -7,7 +7,11 @@ loser with shared noise, reference forward, AdamW, bf16 autocast), side by side.
     python -m bench.dpo_step --preset micro-sd1 --pairs 4 --size 16 --steps 2   # CPU smoke run
 
 Reports pairs/s, peak memory, TFLOP/s (XLA's cost analysis of our step) and
-MFU where the device's peak is known, and the ratio ours / reference.
+MFU where the device's peak is known, and the ratio ours / reference. With
+``--sft``, also our SFT step on the same batch (the winners' forward alone,
+no reference) and its speed over our DPO step's:
+
+    python -m bench.dpo_step --preset micro-sd1 --pairs 32 --size 8 --steps 50 --sft
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ def synthetic_batch(config: UNetConfig, pairs: int, size: int, seed: int = 0) ->
     return cache_format.synthetic_arrays(sizes, pairs, seed=seed, batch=True)
 
 
-def ours(config: UNetConfig, tensors: dict, batch: dict, opts: ModelOptions, steps: int, beta: float) -> dict:
+def ours(
+    config: UNetConfig, tensors: dict, batch: dict, opts: ModelOptions, steps: int, beta: float, objective: str = "dpo"
+) -> dict:
     graphdef, abstract = abstract_unet(config, opts)
     params = jax.tree.map(jnp.asarray, nnx.to_pure_dict(params_from_diffusers(abstract, tensors)))
     optimizer = optax.adamw(1e-5)
@@ -66,6 +72,7 @@ def ours(config: UNetConfig, tensors: dict, batch: dict, opts: ModelOptions, ste
     cfg = StepConfig(
         NoiseSchedule.from_config(SD_SCHEDULER),
         LabelSource("vote"),
+        objective=objective,
         beta=beta,
         ref_refresh_every=100,
         compute_dtype=jnp.dtype(opts.dtype).name,
@@ -142,6 +149,7 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
     parser.add_argument("--remat", default="none", choices=["none", "full", "save_dots"])
     parser.add_argument("--beta", type=float, default=5000.0)
+    parser.add_argument("--sft", action="store_true", help="also our SFT step, against our DPO step")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -153,6 +161,7 @@ def main() -> None:
     batch = synthetic_batch(config, args.pairs, args.size)
     opts = ModelOptions(dtype=jnp.bfloat16, attention=args.attention, remat=args.remat)
     ours_result = ours(config, tensors, batch, opts, args.steps, args.beta)
+    sft_result = ours(config, tensors, batch, opts, args.steps, args.beta, "sft") if args.sft else None
     del tensors
     if args.remat != "none":
         torch_unet.enable_gradient_checkpointing()
@@ -173,6 +182,10 @@ def main() -> None:
         "ours_peak_bytes": ours_result["peak_bytes"],
         "reference_peak_bytes": reference_result["peak_bytes"],
     }
+    if sft_result:
+        result["ours_sft_pairs_per_s"] = args.pairs / sft_result["seconds_per_step"]
+        result["ratio_sft_over_dpo"] = ours_result["seconds_per_step"] / sft_result["seconds_per_step"]
+        result["ratio_sft_over_dpo_flops"] = sft_result["flops_per_step"] / ours_result["flops_per_step"]
     report(result, args.out)
 
 

@@ -92,6 +92,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         require(isinstance(path, str | os.PathLike) and bool(str(path)), f"model {name!r}: give its pipeline directory")
     require(len(config.scorers) > 0, "config.scorers is empty: name at least one scorer")
     require(config.images_per_prompt >= 1, "images_per_prompt must be at least 1")
+    require(
+        config.statistic in stats.STATISTICS,
+        f"statistic {config.statistic!r}: best (the paper's best of N per prompt) or mean (the mean of N)",
+    )
     counts = {
         "batch_size": config.batch_size,
         "score_batch_size": config.score_batch_size,
@@ -258,7 +262,7 @@ def write_report(
     columns = read_scores(out.scores)
     tables = stats.tabulate(
         columns, comparisons, sets, metrics, models,
-        config.bootstrap.resamples, config.bootstrap.seed, config.bootstrap.confidence,
+        config.bootstrap.resamples, config.bootstrap.seed, config.bootstrap.confidence, config.statistic,
     )  # fmt: skip
     files = report.write_tables(tables, out.root)
     grids, pages, charts = {}, {}, {}

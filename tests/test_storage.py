@@ -104,6 +104,7 @@ def test_create_exclusive_append_and_rename(root):
     assert storage.read_text(metrics) == "1\n2\n"
     storage.write_text(storage.join(root, "4", "a.txt"), "a")
     storage.write_text(storage.join(root, "4", "sub", "b.txt"), "b")
+    assert storage.split(storage.join(root, "4") + "/") == (root.rstrip("/"), "4")
     storage.rename(storage.join(root, "4"), storage.join(root, "damaged-4"))
     assert storage.list_names(root) == ["damaged-4", "metrics.jsonl", "run.lock"]
     assert storage.read_text(storage.join(root, "damaged-4", "sub", "b.txt")) == "b"

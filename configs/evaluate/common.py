@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.output_dir = placeholder(str)
 
     config.images_per_prompt = 5  # N of best-of-N
+    config.statistic = "best"  # per prompt, what win rates compare: best (the paper's) or mean of the N images
     config.seed = 0  # image i of prompt p: a seed from (seed, prompt set, p, i), the same in every model
     config.sampler = ml_collections.ConfigDict()
     config.sampler.guidance_scale = 7.5

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bdpo_jax import storage
 from scorers_torch.evaluation.outputs import Location, read_image, under
-from scorers_torch.evaluation.stats import Columns, Tables
+from scorers_torch.evaluation.stats import STATISTICS, Columns, Tables
 
 FONT_SIZE = 13
 LINE = FONT_SIZE + 5
@@ -155,7 +155,7 @@ def win_rate_chart(tables: Tables, prompt_set: str, path: Location) -> None:
     axes.set_xticks(np.arange(len(metrics)), metrics)
     axes.set_ylim(0, 100)
     axes.set_ylabel("win rate %")
-    axes.set_title(f"{prompt_set}: best-of-N win rate, {tables.confidence:.0%} interval")
+    axes.set_title(f"{prompt_set}: {STATISTICS[tables.statistic]} win rate, {tables.confidence:.0%} interval")
     axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     buffer = io.BytesIO()

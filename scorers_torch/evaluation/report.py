@@ -12,7 +12,7 @@ import json
 
 from bdpo_jax import storage
 from scorers_torch.evaluation.outputs import Location, under
-from scorers_torch.evaluation.stats import Tables
+from scorers_torch.evaluation.stats import STATISTICS, Tables
 
 
 def win_rate_grid(tables: Tables) -> tuple[list[tuple[str, str]], list[list[str]]]:
@@ -67,13 +67,17 @@ def format_markdown(columns: list[tuple[str, str]], rows: list[list[str]], corne
 
 def win_rate_text(tables: Tables) -> str:
     columns, rows = win_rate_grid(tables)
-    title = f"Win rate % of A's best-of-N over B's (ties half), [{tables.confidence:.0%} bootstrap interval]"
+    title = (
+        f"Win rate % of A's {STATISTICS[tables.statistic]} over B's (ties half), "
+        f"[{tables.confidence:.0%} bootstrap interval]"
+    )
     return title + "\n" + format_text(columns, rows, "A vs B", "worst")
 
 
 def markdown(tables: Tables) -> str:
     parts = [
-        f"## Win rate (%), A's best-of-N over B's; ties count half; [{tables.confidence:.0%} bootstrap interval]",
+        f"## Win rate (%), A's {STATISTICS[tables.statistic]} over B's; ties count half; "
+        f"[{tables.confidence:.0%} bootstrap interval]",
         format_markdown(*win_rate_grid(tables), "A vs B", "worst"),
         "## Mean best-of-N score per prompt",
         format_markdown(*model_score_grid(tables, "best"), "model", None),

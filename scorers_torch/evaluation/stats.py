@@ -2,6 +2,10 @@
 metric the best of a model's N images; the win rate of A over B is the share of
 prompts where A's best beats B's, ties counting half.
 
+The best of N measures a model's upper tail: a model that is better on average
+but less diverse can lose it. The mean of the N images per prompt (statistic
+``mean``) measures the typical image; the two side by side tell the cases apart.
+
 Intervals are percentile bootstraps over prompts. A comparison is paired: one
 resample of prompt indices serves A and B alike (the per-prompt outcome is
 resampled). The generator is seeded, so tables are reproducible.
@@ -22,6 +26,8 @@ from bdpo_jax.errors import UserError
 
 Columns = Mapping[str, np.ndarray]
 
+STATISTICS = {"best": "best-of-N", "mean": "mean-of-N"}  # per prompt, over its N images
+
 
 @dataclasses.dataclass(frozen=True)
 class PerPrompt:
@@ -39,7 +45,7 @@ class WinRate:
     b: str
     prompt_set: str
     metric: str
-    win_rate: float  # share of prompts where a's best-of-N beats b's; ties count half
+    win_rate: float  # share of prompts where a's statistic (best or mean of N) beats b's; ties count half
     low: float
     high: float
     prompts: int
@@ -69,6 +75,7 @@ class Tables:
     win_rates: tuple[WinRate, ...]
     model_scores: tuple[ModelScore, ...]
     confidence: float
+    statistic: str = "best"  # what the win rates compare per prompt: STATISTICS' keys
 
     def win_rate(self, a: str, b: str, prompt_set: str, metric: str) -> WinRate:
         return next(w for w in self.win_rates if (w.a, w.b, w.prompt_set, w.metric) == (a, b, prompt_set, metric))
@@ -84,6 +91,7 @@ class Tables:
             "prompt_sets": list(self.prompt_sets),
             "metrics": list(self.metrics),
             "confidence": self.confidence,
+            "statistic": self.statistic,
             "win_rates": [dataclasses.asdict(w) for w in self.win_rates],
             "worst": {
                 f"{a} vs {b}": dataclasses.asdict(self.worst(a, b)) for a, b in self.comparisons if self.win_rates
@@ -129,13 +137,13 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int, confidence
 
 
 def compare(
-    a: PerPrompt, b: PerPrompt, resamples: int, seed: int, confidence: float
+    a: PerPrompt, b: PerPrompt, resamples: int, seed: int, confidence: float, statistic: str = "best"
 ) -> tuple[float, float, float, int, int]:
-    """(win rate, low, high, prompts, ties) of a's best-of-N over b's, on the prompts both have."""
+    """(win rate, low, high, prompts, ties) of a's best-of-N (or mean) over b's, on the prompts both have."""
     common, ia, ib = np.intersect1d(a.prompt_index, b.prompt_index, return_indices=True)
     if not len(common):
         raise UserError("the two models share no prompt: nothing to compare")
-    outcomes = win_outcomes(a.best[ia], b.best[ib])
+    outcomes = win_outcomes(getattr(a, statistic)[ia], getattr(b, statistic)[ib])
     low, high = bootstrap_interval(outcomes, resamples, seed, confidence)
     return float(outcomes.mean()), low, high, len(common), int((outcomes == 0.5).sum())
 
@@ -149,8 +157,11 @@ def tabulate(
     resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    statistic: str = "best",
 ) -> Tables:
     """Win rates for every comparison, set and metric, and every model's mean scores."""
+    if statistic not in STATISTICS:
+        raise UserError(f"statistic {statistic!r}: one of {', '.join(STATISTICS)}")
     models = list(models or dict.fromkeys([m for pair in comparisons for m in pair]))
     cache: dict[tuple[str, str, str], PerPrompt] = {}
 
@@ -160,7 +171,7 @@ def tabulate(
         return cache[model, prompt_set, metric]
 
     win_rates = [
-        WinRate(a, b, s, m, *compare(get(a, s, m), get(b, s, m), resamples, seed, confidence))
+        WinRate(a, b, s, m, *compare(get(a, s, m), get(b, s, m), resamples, seed, confidence, statistic))
         for a, b in comparisons
         for s in prompt_sets
         for m in metrics
@@ -179,5 +190,11 @@ def tabulate(
                     )
                 )  # fmt: skip
     return Tables(
-        tuple(comparisons), tuple(prompt_sets), tuple(metrics), tuple(win_rates), tuple(model_scores), confidence
+        tuple(comparisons),
+        tuple(prompt_sets),
+        tuple(metrics),
+        tuple(win_rates),
+        tuple(model_scores),
+        confidence,
+        statistic,
     )

@@ -50,6 +50,16 @@ def test_best_of_n_ties_and_win_rate_by_hand():
     assert reverse[0] == 1 - rate and reverse[4] == 1
 
 
+def test_mean_of_n_win_rate_by_hand():
+    """Per-prompt means: A 0.4, 1/3, 0.433, 0.3 against B 0.533, 0.367, 0.233, 0.2:
+    A wins prompts 2 and 3 only (its best of N wins 0 and 3 and ties 1)."""
+    tables = stats.tabulate(score_columns(HAND), [("A", "B")], ["set"], ["m"], resamples=200, statistic="mean")
+    assert tables.win_rate("A", "B", "set", "m").win_rate == 0.5
+    assert "A's mean-of-N over B's" in report.win_rate_text(tables)
+    with pytest.raises(ValueError, match="statistic 'median'"):
+        stats.tabulate(score_columns(HAND), [("A", "B")], ["set"], ["m"], statistic="median")
+
+
 def test_tables_and_layout():
     columns = score_columns(HAND)
     tables = stats.tabulate(columns, [("A", "B")], ["set"], ["m"], resamples=500)

@@ -134,7 +134,7 @@ def test_ties_give_no_gradient_and_sft_trains_winners():
     labels = jnp.array([[0.0], [1.0]])
     grad = jax.grad(lambda p0: dpo_loss((p0, mse[1]), (mse[0], mse[1]), labels, ONE, BETA)[0])(mse[0])
     assert grad[0] == 0 and grad[1] != 0
-    np.testing.assert_allclose(sft_loss((mse[0], mse[1]), jnp.array([1.0, -1.0])), (0.2 + 0.1) / 2)
+    np.testing.assert_allclose(sft_loss(jnp.array([0.2, 0.1]), jnp.array([1.0, -1.0])), (0.2 + 0.1) / 2)
 
 
 def test_ties_are_left_out_of_the_mean():

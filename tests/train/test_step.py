@@ -128,19 +128,21 @@ def test_policy_equal_to_reference_gives_exactly_zero_margin(dtype):
 def test_stacked_forward_gradient_is_the_policys(lora):
     """The stacked forward's gradient (the policy's, by recomputation) equals
     that of two separate forwards, in fp32, with the reference apart from the
-    policy; with LoRA, the adapters' gradient, the base shared by both."""
+    policy; with LoRA, the adapters' gradient, the base shared by both. And
+    SFT's training loss (the winners' forward alone, differentiated as any
+    forward) equals the full computation's."""
     import dataclasses
 
     import jax.numpy as jnp
     from flax import nnx
 
-    from bdpo_jax.labels import LabelSource
+    from bdpo_jax.labels import LabelSource, pair_label
     from bdpo_jax.models import ModelOptions, UNetConfig
     from bdpo_jax.models.presets import unet_preset
     from bdpo_jax.models.weights import random_unet
     from bdpo_jax.objective import decided_pairs
     from bdpo_jax.schedule import NoiseSchedule
-    from bdpo_jax.step import StepConfig, draw, loss_and_metrics, to_compute
+    from bdpo_jax.step import StepConfig, draw, loss_and_metrics, sft_loss_and_metrics, to_compute
     from bench.dpo_step import synthetic_batch
 
     config = UNetConfig.from_diffusers(unet_preset("micro-sd1"))
@@ -169,3 +171,9 @@ def test_stacked_forward_gradient_is_the_policys(lora):
     for a, b in zip(jax.tree.leaves(grads["stacked"]), jax.tree.leaves(grads["separate"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     assert any(np.abs(a).max() > 0 for a in jax.tree.leaves(grads["stacked"]))
+
+    sft = dataclasses.replace(stacked, objective="sft")
+    args = (batch, noise, t, signs, weights, decided_pairs(signs), graphdef, sft)
+    assert 0 < int((pair_label(signs, weights) < 0).sum()) < signs.shape[0]  # winners on both sides
+    full, fast = (f(params, ref, *args, base)[0] for f in (loss_and_metrics, sft_loss_and_metrics))
+    np.testing.assert_allclose(fast, full, rtol=1e-6)

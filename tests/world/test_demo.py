@@ -37,6 +37,8 @@ def test_balanced_dpo_trains_exports_and_is_evaluated_against_the_base(demo):
     assert all(0 <= w.low <= w.win_rate <= w.high <= 100 for w in results.tables.win_rates)
     assert "balanced vs base" in results.text and outcome["grid"].endswith(".png")
     assert json.loads((workdir / "demo_result.json").read_text())["grid"] == outcome["grid"]
+    typical = outcome["typical"]  # the same comparisons on each prompt's mean image score
+    assert typical.statistic == "mean" and typical.comparisons == results.tables.comparisons
 
 
 def test_the_base_tells_prompts_apart_and_the_pairs_cache_matches_its_source(demo):
@@ -74,3 +76,26 @@ def test_a_newer_trained_step_is_exported_again(demo):
     world.train_steps += 1
     small_world.train_variant(workdir, "balanced", workdir / "base", workdir / "pairs" / "cache", world)
     assert json.loads(export.read_text())["step"] == before + 1
+
+
+def test_a_finished_run_with_other_settings_is_refused(demo, monkeypatch):
+    """A world whose config changed since (here beta) names the run and the fix, and trains nothing."""
+    from bdpo_jax import small_world
+    from bdpo_jax.errors import UserError
+    from configs import world as world_config
+    from configs.train import world as train_world
+
+    workdir, _ = demo
+    real = train_world.get_config
+
+    def changed(variant):
+        config = real(variant)
+        config.train.beta = 123.0
+        return config
+
+    monkeypatch.setattr(train_world, "get_config", changed)
+    stamps = {p: p.stat().st_mtime_ns for p in (workdir / "runs" / "balanced").rglob("*")}
+    with pytest.raises(UserError, match=r"train.beta: 5000.0 -> 123.0.*Remove .*runs/balanced"):
+        small_world.train_variant(workdir, "balanced", workdir / "base", workdir / "pairs" / "cache",
+                                  world_config.get_config("test"))  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in (workdir / "runs" / "balanced").rglob("*")} == stamps

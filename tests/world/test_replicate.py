@@ -39,6 +39,7 @@ def test_tables_and_finding():
     assert "balanced vs dpo" in table_1 and "no_refresh vs base" not in table_1
     assert "scorer_fidelity vs base" in text[text.index("Table III") : text.index("Table IV")]
     lines = finding(tables, variants)
-    assert lines[0].startswith("BalancedDPO vs base: fidelity 100.0%") and lines[0].endswith("every metric: yes")
+    assert lines[0].startswith("BalancedDPO vs base (best-of-N): fidelity 100.0%")
+    assert lines[0].endswith("every metric: yes")
     # every ablation loses one metric to the base; BalancedDPO's worst is a win
     assert len(lines) == 4 and all(" beats " in line for line in lines[1:])
