@@ -30,9 +30,7 @@ from bdpo_jax.models import UNetConfig, abstract_unet, load_params, save_unet
 from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import adapted_paths, merge_adapters, save_lora_weights
 from bdpo_jax.models.weights import find_unet_dir, weight_files
-from bdpo_jax.workdir import base_fingerprint, recorded_base_model
-
-RECORD_NAME = "bdpo_export.json"
+from bdpo_jax.workdir import EXPORT_RECORD_NAME, base_fingerprint, recorded_base_model
 
 
 class BaseMismatchError(UserError):
@@ -141,7 +139,7 @@ def export_pipeline(workdir: str | Path, base: str | Path, out: str | Path, step
     try:
         shutil.copytree(base, tmp, dirs_exist_ok=True, ignore=lambda d, names: ["unet"] if Path(d) == base else [])
         save_unet(config, state, tmp / "unet")
-        (tmp / RECORD_NAME).write_text(json.dumps({"workdir": workdir, "step": step}, indent=2))
+        (tmp / EXPORT_RECORD_NAME).write_text(json.dumps({"workdir": workdir, "step": step}, indent=2))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,7 +150,7 @@ def export_pipeline(workdir: str | Path, base: str | Path, out: str | Path, step
 
 def export_is_current(workdir: str | Path, out: str | Path) -> bool:
     """Whether ``out`` is an export of this workdir's latest checkpoint (False: export again)."""
-    record = Path(out) / RECORD_NAME
+    record = Path(out) / EXPORT_RECORD_NAME
     steps = checkpoints.step_dirs(storage.join(storage.absolute(workdir), "checkpoints"))
     if not record.is_file() or not steps:
         return False

@@ -20,9 +20,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
+
+if TYPE_CHECKING:
+    from scorers_torch.evaluate import Results
+    from scorers_torch.evaluation.stats import Tables
 
 Log = Callable[[str], None]
 
@@ -90,15 +95,22 @@ def train_and_export(config: ml_collections.ConfigDict, run: Path, base: Path, o
     from bdpo_jax.train import train
     from bdpo_jax.workdir import CONFIG_NAME, config_changes, resumable
 
-    if (run / CONFIG_NAME).is_file():  # the cache's path may be spelled otherwise; its content is this workdir's
+    trained = max(step_dirs(run.absolute() / "checkpoints"), default=0)
+    if trained and (run / CONFIG_NAME).is_file():
+        # Not compared: the cache's path (it may be spelled otherwise; its content is this
+        # workdir's) and keys the saved config lacks (added to the project since).
         changes = config_changes(json.loads((run / CONFIG_NAME).read_text()), config)
-        altering = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items() if not resumable(k) and k != "cache"]
+        altering = [
+            f"{k}: {a!r} -> {b!r}"
+            for k, (a, b) in changes.items()
+            if not resumable(k) and k != "cache" and a is not None
+        ]
         if altering:
             raise UserError(
                 f"{run} was trained with other settings ({'; '.join(altering)}): the world's config changed "
                 f"since. Remove {run} and {out} to train it again with the new ones, or use another --workdir"
             )
-    if max(step_dirs(run.absolute() / "checkpoints"), default=0) < config.train.steps:
+    if trained < config.train.steps:
         step = int(train(config, run).step)
         if step < config.train.steps:  # stopped by SIGTERM: a partial model is no stage's output
             raise UserError(f"{run}: training stopped at step {step} of {config.train.steps}; run again to resume")
@@ -209,15 +221,39 @@ def train_variant(workdir: Path, variant: str, base: Path, cache: Path, world: m
     return train_and_export(config, workdir / "runs" / variant, base, workdir / "models" / variant)
 
 
-def mean_of_n(results):
+def mean_of_n(results: Results) -> Tables:
     """The evaluation's comparisons on each prompt's mean score over its N images
     instead of the best: the typical image, where best-of-N rewards diversity."""
+    from configs.evaluate import world as evaluate_world
     from scorers_torch.evaluate import read_scores
     from scorers_torch.evaluation import stats
 
-    t = results.tables
+    t, bootstrap = results.tables, evaluate_world.get_config().bootstrap
     columns = read_scores(results.scores)
-    return stats.tabulate(columns, t.comparisons, t.prompt_sets, t.metrics, confidence=t.confidence, statistic="mean")
+    return stats.tabulate(
+        columns, t.comparisons, t.prompt_sets, t.metrics, None,
+        bootstrap.resamples, bootstrap.seed, bootstrap.confidence, statistic="mean",
+    )  # fmt: skip
+
+
+def forget_changed_models(output: Path, models: dict[str, Path], log: Log = print) -> None:
+    """A model of the world's evaluation folder that is now another one (trained
+    further, or again with other settings) is evaluated again, not reported from
+    the old images: the folder is the world's own, so its old images go."""
+    import json
+
+    from scorers_torch.evaluation.generate import describe_model
+    from scorers_torch.evaluation.outputs import OutputDir
+
+    out = OutputDir(output)
+    if not Path(out.manifest).is_file():
+        return
+    known = json.loads(Path(out.manifest).read_text()).get("models", {})
+    for name, path in models.items():
+        now = json.loads(json.dumps(describe_model(name, str(path)).describe()))
+        if name in known and known[name] != now:
+            log(f"  {name} changed since it was evaluated: its images are made again")
+            out.forget_model(name)
 
 
 def evaluate(output: Path, models: dict[str, Path], world: ml_collections.ConfigDict, comparisons: str | None = None):
@@ -234,4 +270,5 @@ def evaluate(output: Path, models: dict[str, Path], world: ml_collections.Config
     config.sampler.num_inference_steps = world.sampler_steps
     config.sampler.guidance_scale = world.guidance_scale
     config.output_dir = str(output)
+    forget_changed_models(output, models)
     return evaluation.run(config)

@@ -189,7 +189,7 @@ def sft_loss_and_metrics(
     prediction = _forward(params, base or {}, _unet_inputs(batch, noisy, t, cfg), graphdef, cfg.compute_dtype)
     mse_winner = objective.per_sample_mse(prediction, target)
     loss = objective.sft_loss(mse_winner, labels, decided)
-    return loss, {"loss": loss, "mse_policy_winner": jnp.where(labels != 0, mse_winner, 0).sum() / decided}
+    return loss, {"loss": loss, "mse_policy_winner": mse_winner.mean()}  # over all pairs, as the full path's
 
 
 def draw(rng: jax.Array, batch: dict, cfg: StepConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:

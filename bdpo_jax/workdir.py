@@ -146,6 +146,7 @@ def check_resumed_config(
 
 
 BASE_MODEL_NAME = "base_model.json"
+EXPORT_RECORD_NAME = "bdpo_export.json"  # in an export's folder: the run and step it was made from
 SAMPLE_BYTES = 4 << 20
 
 

@@ -185,7 +185,8 @@ def main() -> None:
     if sft_result:
         result["ours_sft_pairs_per_s"] = args.pairs / sft_result["seconds_per_step"]
         result["ratio_sft_over_dpo"] = ours_result["seconds_per_step"] / sft_result["seconds_per_step"]
-        result["ratio_sft_over_dpo_flops"] = sft_result["flops_per_step"] / ours_result["flops_per_step"]
+        if ours_result["flops_per_step"]:  # 0 where XLA gives no cost analysis
+            result["ratio_sft_over_dpo_flops"] = sft_result["flops_per_step"] / ours_result["flops_per_step"]
     report(result, args.out)
 
 

@@ -1,6 +1,7 @@
 """Evaluation as in the paper (Sec. IV-A): N images per prompt from every model,
 seeds shared across models; every image scored by every scorer; per prompt and
-metric the best of N; win rates of A over B with bootstrap intervals; grids,
+metric the best of N (or, ``--config.statistic=mean``, their mean); win rates
+of A over B with bootstrap intervals; grids,
 HTML pages and charts.
 
     python -m scorers_torch.evaluate --config configs/evaluate/paper.py:sd15 \\

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from bdpo_jax.errors import UserError
+from bdpo_jax.workdir import EXPORT_RECORD_NAME
 
 # Text-to-image pipeline classes, and their family by the UNet's cross-attention width.
 PIPELINE_FAMILIES = {
@@ -49,15 +50,18 @@ class ModelInfo:
     family: str
     resolution: int
     latent_shape: tuple[int, int, int]  # (channels, height, width) of the initial noise
+    export: dict | None = None  # bdpo_jax.export's record (run and step) where the pipeline is our export
 
     def describe(self) -> dict[str, Any]:
-        return {
+        """What the output folder checks: a model re-exported from another step is another model."""
+        described = {
             "path": str(self.path),
             "pipeline_class": self.pipeline_class,
             "family": self.family,
             "resolution": self.resolution,
             "latent_shape": list(self.latent_shape),
         }
+        return described | ({"export": self.export} if self.export else {})
 
 
 def describe_model(name: str, path: str, resolution: int | None = None) -> ModelInfo:
@@ -89,7 +93,9 @@ def describe_model(name: str, path: str, resolution: int | None = None) -> Model
     if resolution % factor:
         raise PipelineError(f"{where}: resolution {resolution} is not a multiple of the VAE's factor {factor}")
     latent_shape = (unet["in_channels"], resolution // factor, resolution // factor)
-    return ModelInfo(name, directory.resolve(), pipeline_class, family, resolution, latent_shape)
+    record = directory / EXPORT_RECORD_NAME
+    export = json.loads(record.read_text()) if record.is_file() else None
+    return ModelInfo(name, directory.resolve(), pipeline_class, family, resolution, latent_shape, export)
 
 
 def _is_component(value: Any) -> bool:

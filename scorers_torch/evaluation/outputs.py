@@ -101,6 +101,17 @@ class OutputDir:
         storage.write_json(self.manifest, merged)
         return merged
 
+    def forget_model(self, model: str) -> None:
+        """Removes a model's images, scores and manifest entry (to make them again, of a changed model)."""
+        if not storage.exists(self.manifest):
+            return
+        manifest = storage.read_json(self.manifest)
+        for prompt_set in manifest.get("prompt_sets", {}):
+            for folder in (self.images(prompt_set, model), under(self.root, "scores", prompt_set, model)):
+                storage.remove(folder)
+        manifest.get("models", {}).pop(model, None)
+        storage.write_json(self.manifest, manifest)
+
     def existing_images(self, prompt_set: str, model: str) -> set[str]:
         """The images of a set and model already made, as paths: one listing (not a request per image)."""
         folder = self.images(prompt_set, model)

@@ -50,6 +50,7 @@ class WinRate:
     high: float
     prompts: int
     ties: int
+    statistic: str = "best"  # what was compared per prompt: STATISTICS' keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,8 @@ def compare(
     a: PerPrompt, b: PerPrompt, resamples: int, seed: int, confidence: float, statistic: str = "best"
 ) -> tuple[float, float, float, int, int]:
     """(win rate, low, high, prompts, ties) of a's best-of-N (or mean) over b's, on the prompts both have."""
+    if statistic not in STATISTICS:
+        raise UserError(f"statistic {statistic!r}: one of {', '.join(STATISTICS)}")
     common, ia, ib = np.intersect1d(a.prompt_index, b.prompt_index, return_indices=True)
     if not len(common):
         raise UserError("the two models share no prompt: nothing to compare")
@@ -160,8 +163,6 @@ def tabulate(
     statistic: str = "best",
 ) -> Tables:
     """Win rates for every comparison, set and metric, and every model's mean scores."""
-    if statistic not in STATISTICS:
-        raise UserError(f"statistic {statistic!r}: one of {', '.join(STATISTICS)}")
     models = list(models or dict.fromkeys([m for pair in comparisons for m in pair]))
     cache: dict[tuple[str, str, str], PerPrompt] = {}
 
@@ -171,7 +172,7 @@ def tabulate(
         return cache[model, prompt_set, metric]
 
     win_rates = [
-        WinRate(a, b, s, m, *compare(get(a, s, m), get(b, s, m), resamples, seed, confidence, statistic))
+        WinRate(a, b, s, m, *compare(get(a, s, m), get(b, s, m), resamples, seed, confidence, statistic), statistic)
         for a, b in comparisons
         for s in prompt_sets
         for m in metrics

@@ -64,7 +64,8 @@ def test_run_again_reuses_every_stage(demo):
 
 
 def test_a_newer_trained_step_is_exported_again(demo):
-    """Asked for one step more, the run resumes and the export is made again, of the new step."""
+    """Asked for one step more, the run resumes, the export is made again, of the
+    new step, and so is the export's evaluation."""
     from bdpo_jax import small_world
     from configs import world as world_config
 
@@ -76,6 +77,17 @@ def test_a_newer_trained_step_is_exported_again(demo):
     world.train_steps += 1
     small_world.train_variant(workdir, "balanced", workdir / "base", workdir / "pairs" / "cache", world)
     assert json.loads(export.read_text())["step"] == before + 1
+    # and its evaluation is made again (not the older step's images), the base's kept
+    images = {m: workdir / "eval" / "images" / "world" / m for m in ("base", "balanced")}
+    stamps = {m: {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} for m, folder in images.items()}
+    models = {"base": workdir / "base", "balanced": workdir / "models" / "balanced"}
+    small_world.evaluate(workdir / "eval", models, world)
+    again = {m: {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} for m, folder in images.items()}
+    assert again["base"] == stamps["base"]
+    assert again["balanced"].keys() == stamps["balanced"].keys()
+    assert all(again["balanced"][name] != stamp for name, stamp in stamps["balanced"].items())
+    manifest = json.loads((workdir / "eval" / "manifest.json").read_text())
+    assert manifest["models"]["balanced"]["export"]["step"] == before + 1
 
 
 def test_a_finished_run_with_other_settings_is_refused(demo, monkeypatch):
