@@ -308,8 +308,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     todo = [i for i in range(job["num_shards"]) if i % num_workers == worker and i not in finished]
     num_rows = job["source"]["rows"]
     logging.info("worker %d/%d: %d shards to do of %d", worker, num_workers, len(todo), job["num_shards"])
-    progress = tqdm(total=sum(min(num_rows, (i + 1) * config.shard_size) - i * config.shard_size for i in todo))
-    progress.set_description("pairs")
+    total = sum(min(num_rows, (i + 1) * config.shard_size) - i * config.shard_size for i in todo)
+    progress = tqdm(total=total, desc="pairs", disable=not todo)
     start_time = time.perf_counter()
     for index in todo:
         start, stop = index * config.shard_size, min(num_rows, (index + 1) * config.shard_size)
