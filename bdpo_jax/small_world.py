@@ -93,21 +93,17 @@ def train_and_export(config: ml_collections.ConfigDict, run: Path, base: Path, o
     from bdpo_jax.errors import UserError
     from bdpo_jax.export import export_is_current, export_pipeline
     from bdpo_jax.train import train
-    from bdpo_jax.workdir import CONFIG_NAME, config_changes, resumable
+    from bdpo_jax.workdir import CONFIG_NAME, config_changes, describe_changes, resumable
 
     trained = max(step_dirs(run.absolute() / "checkpoints"), default=0)
     if trained and (run / CONFIG_NAME).is_file():
         # Not compared: the cache's path (it may be spelled otherwise; its content is this
         # workdir's) and keys the saved config lacks (added to the project since).
         changes = config_changes(json.loads((run / CONFIG_NAME).read_text()), config)
-        altering = [
-            f"{k}: {a!r} -> {b!r}"
-            for k, (a, b) in changes.items()
-            if not resumable(k) and k != "cache" and a is not None
-        ]
+        altering = {k: v for k, v in changes.items() if not resumable(k) and k != "cache" and v[0] is not None}
         if altering:
             raise UserError(
-                f"{run} was trained with other settings ({'; '.join(altering)}): the world's config changed "
+                f"{run} was trained with other settings ({describe_changes(altering)}): the world's config changed "
                 f"since. Remove {run} and {out} to train it again with the new ones, or use another --workdir"
             )
     if trained < config.train.steps:
@@ -242,13 +238,14 @@ def forget_changed_models(output: Path, models: dict[str, Path], log: Log = prin
     the old images: the folder is the world's own, so its old images go."""
     import json
 
+    from bdpo_jax import storage
     from scorers_torch.evaluation.generate import describe_model
     from scorers_torch.evaluation.outputs import OutputDir
 
     out = OutputDir(output)
-    if not Path(out.manifest).is_file():
+    if not storage.exists(out.manifest):
         return
-    known = json.loads(Path(out.manifest).read_text()).get("models", {})
+    known = storage.read_json(out.manifest).get("models", {})
     for name, path in models.items():
         now = json.loads(json.dumps(describe_model(name, str(path)).describe()))
         if name in known and known[name] != now:

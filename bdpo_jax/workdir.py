@@ -112,6 +112,11 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, 
     return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``key: old -> new; ...``, as the errors and warnings about a changed config list them."""
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
 def resumable(key: str) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_KEYS)
 
@@ -127,9 +132,9 @@ def check_resumed_config(
         return
     changes = config_changes(storage.read_json(path), config)
     altering = {k: v for k, v in changes.items() if not resumable(k)}
-    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    listed = describe_changes(changes)
     if altering and not allow_changes:
-        keys = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in altering.items())
+        keys = describe_changes(altering)
         raise ConfigChangedError(
             f"the run in {workdir} (resumed at step {start}) was trained with another config: {keys}. These keys "
             f"change its data or model. Use a new --workdir, or pass --allow_config_change to resume anyway "
