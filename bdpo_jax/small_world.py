@@ -47,17 +47,14 @@ def compile_cache(workdir: Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def setup_torch(threads: int = 1) -> None:
-    """One torch thread (on a shared 2-core CPU, one ran the evaluation 8x faster
-    than two: bench/evaluate.py), and diffusers' and transformers' warnings,
-    deprecation notices and loading bars off: the console tells the world's story."""
+def quiet_libraries() -> None:
+    """diffusers' and transformers' warnings, deprecation notices and loading
+    bars off: the console tells the world's story."""
     import warnings
 
     import diffusers
-    import torch
     import transformers
 
-    torch.set_num_threads(threads)
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -100,7 +97,7 @@ def train_and_export(config: ml_collections.ConfigDict, run: Path, base: Path, o
         # Not compared: the cache's path (it may be spelled otherwise; its content is this
         # workdir's) and keys the saved config lacks (added to the project since).
         changes = config_changes(json.loads((run / CONFIG_NAME).read_text()), config)
-        altering = {k: v for k, v in changes.items() if not resumable(k) and k != "cache" and v[0] is not None}
+        altering = {k: v for k, v in changes.items() if not resumable(k, config) and k != "cache" and v[0] is not None}
         if altering:
             raise UserError(
                 f"{run} was trained with other settings ({describe_changes(altering)}): the world's config changed "

@@ -10,9 +10,9 @@
   process's lock is not atomic (a remove, then a create).
 - ``config.json`` is the config of the run. A resumed run may change only
   ``RESUMABLE_KEYS`` (how long, how often it saves and logs, how it is laid out
-  on devices); any other change alters the data or the model, and is an error
-  listing the keys unless explicitly allowed, in which case the old config is
-  kept beside the new one.
+  on devices; not how long under a decaying learning rate); any other change
+  alters the data or the model, and is an error listing the keys unless
+  explicitly allowed, in which case the old config is kept beside the new one.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ CONFIG_NAME = "config.json"
 # Prefixes of the keys a resumed run may change without altering what it trains on or what it trains.
 RESUMABLE_KEYS = ("train.steps", "log_every", "checkpoint.", "data.prefetch", "mesh.", "model.attention", "model.remat")
 RESUMABLE_KEYS += ("distributed",)
+# Keys added after runs were saved without them, with the value that reproduces those runs.
+KEYS_ADDED_LATER = {"optimizer.decay": "constant"}
 
 
 class WorkdirError(UserError):
@@ -108,7 +110,8 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
     """{key: (saved value, new value)} of every key whose value differs."""
-    old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
+    old = {**KEYS_ADDED_LATER, **_flat(saved)}
+    new = _flat(json.loads(config.to_json_best_effort()))
     return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
@@ -117,7 +120,9 @@ def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
 
 
-def resumable(key: str) -> bool:
+def resumable(key: str, config: ml_collections.ConfigDict) -> bool:
+    if key == "train.steps" and config.optimizer.decay != "constant":
+        return False  # the decay ends at train.steps: more steps change the rate of those already taken
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_KEYS)
 
 
@@ -131,7 +136,7 @@ def check_resumed_config(
         storage.write_text(path, text)
         return
     changes = config_changes(storage.read_json(path), config)
-    altering = {k: v for k, v in changes.items() if not resumable(k)}
+    altering = {k: v for k, v in changes.items() if not resumable(k, config)}
     listed = describe_changes(changes)
     if altering and not allow_changes:
         keys = describe_changes(altering)

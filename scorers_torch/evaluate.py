@@ -55,6 +55,7 @@ from scorers_torch.evaluation.generate import (
 from scorers_torch.evaluation.outputs import ROW_COLUMNS, Location, OutputDir, read_table, save_image, write_table
 from scorers_torch.evaluation.prompts import PromptSet, load_prompt_set
 from scorers_torch.evaluation.scoring import build_scorers, is_scored, score_block
+from scorers_torch.threads import torch_threads
 from scorers_torch.workers import worker_device, worker_from_env
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -163,15 +164,9 @@ def environment(device: Any) -> dict[str, Any]:
 
 def run(config: ml_collections.ConfigDict) -> Results | None:
     """This worker's share of the evaluation; the tables once every block is done (None before)."""
-    import torch
-
     check_config(config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.cpu_threads or threads)
-    try:
+    with torch_threads(config.cpu_threads):
         return _run(config)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(config: ml_collections.ConfigDict) -> Results | None:

@@ -12,6 +12,15 @@ text lost? Three measurements on a pipeline directory (and its caches):
   prompt's colour, shape, place and background (nearest of the grammar's), at
   guidance 1 and at the world's guidance (equal: the sampler's prompt does nothing).
 
+And, with ``--workdir``, why a trained model wins or loses a metric:
+
+- ``size_preferences``: on the preference pairs, how often each scorer, the
+  hidden human and the vote prefer the larger of the two objects (a direction
+  all voters but one share is one the vote always wins).
+- ``sample_spread``: per model of the world's evaluation, each metric's mean,
+  its spread over a prompt's N images and the object's size (best-of-N
+  rewards spread: a model whose images are better on average but alike can lose it).
+
     python -m scorers_torch.world_diagnosis --base workdirs/world/base [--workdir workdirs/world]
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,17 +168,75 @@ def sample_accuracy(base: str | Path, prompts: Sequence[str], guidance: float, s
     return attribute_accuracy(images, prompts), images
 
 
+def size_preferences(pairs: str | Path) -> dict[str, float]:
+    """On a world pairs file: of the pairs whose objects differ in size, the share in which each scorer,
+    the hidden human's utility and the scorers' vote (on the pairs it decides) prefer the larger object."""
+    import pyarrow.parquet as pq
+
+    from configs.preprocess.world import WORLD_SCORERS
+    from scorers_torch.scorers import build_scorer
+    from scorers_torch.scorers.world import read
+    from scorers_torch.votes import majority_vote
+
+    table = pq.read_table(pairs, columns=["caption", "jpg_0", "jpg_1"]).to_pydict()
+    images = [[Image.open(io.BytesIO(data)).convert("RGB") for data in table[k]] for k in ("jpg_0", "jpg_1")]
+    area = np.array([[read(image).area for image in side] for side in images]).T  # (pairs, 2)
+    names = (*WORLD_SCORERS, "world_human")
+    # (pairs, scorers, 2), the preprocessing job's layout
+    scores = np.stack(
+        [np.stack([build_scorer(n).score(side, table["caption"]) for side in images], -1) for n in names], 1
+    )
+    first_larger, sized = area[:, 0] > area[:, 1], area[:, 0] != area[:, 1]
+
+    def share(prefers_first: np.ndarray, decided: np.ndarray) -> float:
+        return float((prefers_first == first_larger)[decided].mean()) if decided.any() else float("nan")
+
+    shares = {
+        name: share(scores[:, k, 0] > scores[:, k, 1], sized & (scores[:, k, 0] != scores[:, k, 1]))
+        for k, name in enumerate(names)
+    }
+    vote = majority_vote(scores[:, : len(WORLD_SCORERS)], "drop")
+    return shares | {"vote": share(vote.label > 0, sized & vote.keep)}
+
+
+def sample_spread(evaluation: str | Path) -> dict[str, dict[str, float]]:
+    """Per model of an evaluation folder: each metric's mean over images, mean over prompts of its
+    standard deviation over the prompt's N images (``<metric> sd``), and the object's mean area."""
+    import pyarrow.parquet as pq
+
+    from scorers_torch.scorers.world import read
+
+    columns = {k: np.asarray(v) for k, v in pq.read_table(Path(evaluation) / "scores.parquet").to_pydict().items()}
+    metrics = [k for k in columns if columns[k].dtype.kind == "f"]
+    found = {}
+    for model in dict.fromkeys(columns["model"]):
+        rows = columns["model"] == model
+        prompt = columns["prompt_index"][rows]
+        row = {}
+        for metric in metrics:
+            values = columns[metric][rows].astype(np.float64)
+            row[metric] = float(values.mean())
+            row[f"{metric} sd"] = float(np.mean([values[prompt == p].std() for p in np.unique(prompt)]))
+        areas = [read(Image.open(Path(evaluation) / image)).area for image in columns["image"][rows]]
+        found[model] = row | {"object area": float(np.mean(areas))}
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the world's pipeline directory (WORKDIR/base)")
-    parser.add_argument("--workdir", help="the world's work directory: also check its caches against their sources")
+    parser.add_argument(
+        "--workdir",
+        help="the world's work directory: also check its caches against their sources, "
+        "measure its pairs' size preferences and its evaluation's spread",
+    )
     parser.add_argument("--prompts", type=int, default=60, help="held-out prompts to measure on")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--steps", type=int, default=20, help="sampler steps")
     args = parser.parse_args(argv)
-    from bdpo_jax.small_world import setup_torch
+    from bdpo_jax.small_world import quiet_libraries
 
-    setup_torch()  # one thread, library warnings off
+    quiet_libraries()
     prompts = world.split_prompts(60)[1][: args.prompts]
     print(f"text states: one changed word moves them by {text_separation(args.base, prompts):.2f} std")
     losses = conditioning_losses(args.base, prompts)
@@ -188,6 +256,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             if (cache / "manifest.json").is_file():
                 found = cache_alignment(cache, args.base if name == "pairs" else workdir / "pretrain" / "init", source)
                 print(f"{name} cache against its source, max relative difference: " + _fmt(found, "{:.2e}"))
+        if (workdir / "pairs" / "pairs.parquet").is_file():
+            shares = size_preferences(workdir / "pairs" / "pairs.parquet")
+            print("of the pairs, the share in which each prefers the larger object: " + _fmt(shares))
+        if (workdir / "eval" / "scores.parquet").is_file():
+            print(f"{workdir / 'eval'}: per model, each metric's mean and spread over a prompt's images (sd)")
+            for model, row in sample_spread(workdir / "eval").items():
+                print(f"  {model}: " + _fmt(row, "{:.4g}"))
 
 
 def _fmt(values: dict[str, float], spec: str = "{:.0%}") -> str:

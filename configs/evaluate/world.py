@@ -26,7 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 60
     config.score_batch_size = 60
     config.block_size = 60
-    config.cpu_threads = 1  # 8x faster than two threads on a shared 2-core CPU (bench/evaluate.py)
+    # torch's choice: on the idle 2-core machine, 2 threads made 27-31 img/s and 1 thread 15-21, the
+    # images identical; on a machine loaded by other jobs, set 1 (bench/evaluate.py).
+    config.cpu_threads = None
     config.bootstrap.resamples = 1000
     config.grid.prompts = 6
     config.grid.cell_size = 128

@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.name = "adamw"  # or "adafactor"
     config.optimizer.learning_rate = placeholder(float)  # default: 1e-8 per pair of train.global_batch (Diffusion-DPO)
     config.optimizer.warmup_steps = 200
+    config.optimizer.decay = "constant"  # after the warmup: "constant" (Diffusion-DPO's) or "cosine" (0 at the end)
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
     config.optimizer.eps = 1e-8

@@ -166,6 +166,17 @@ def test_a_resumed_run_refuses_a_config_that_changes_its_data_or_model(tiny_cach
     assert json.loads((tmp_path / "config.before-step-2.json").read_text())["train"]["steps"] == 10
     assert json.loads((tmp_path / "config.json").read_text())["train"]["seed"] == 1
 
+    saved = config.to_dict()
+    del saved["optimizer"]["decay"]  # a run saved before the key existed trained at a constant rate
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    workdir_module.check_resumed_config(tmp_path, longer, 2, allow_changes=False)
+    cosine = run_config(tiny_cache)
+    cosine.optimizer.decay = "cosine"
+    (tmp_path / "config.json").write_text(cosine.to_json_best_effort())
+    cosine.train.steps = 10  # under a decay, more steps change the rate of the steps already taken
+    with pytest.raises(workdir_module.ConfigChangedError, match=r"train\.steps: 4 -> 10"):
+        workdir_module.check_resumed_config(tmp_path, cosine, 2, allow_changes=False)
+
 
 def test_export_loads_in_diffusers_and_generates(reference_run, tmp_path):
     import torch

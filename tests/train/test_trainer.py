@@ -30,6 +30,7 @@ def test_every_config_problem_is_reported_before_weights_are_read(tiny_cache, ba
     config.base_model = str(base_with_unreadable_weights)
     config.train.label_weights = (1.0, 2.0)
     config.optimizer.name = "sgd"
+    config.optimizer.decay = "linear"
     config.mesh.data = 3
     with pytest.raises(ConfigError) as error:
         build_trainer(config)
@@ -37,10 +38,20 @@ def test_every_config_problem_is_reported_before_weights_are_read(tiny_cache, ba
     for expected in (
         "train.objective 'ppo'",
         "optimizer.name 'sgd'",
+        "optimizer.decay 'linear'",
         "label_weights has 2 weights; the cache has 3 scorers",
         "mesh data x fsdp must cover the 4 devices",
     ):
         assert expected in message, message
+
+
+def test_cosine_decay_peaks_after_the_warmup_and_ends_at_zero():
+    from bdpo_jax.optim import learning_rate_schedule
+
+    cosine = learning_rate_schedule(1e-3, 10, "cosine", 110)
+    assert float(cosine(5)) == pytest.approx(5e-4) and float(cosine(10)) == pytest.approx(1e-3)
+    assert float(cosine(60)) == pytest.approx(5e-4) and float(cosine(110)) == pytest.approx(0.0, abs=1e-12)
+    assert float(learning_rate_schedule(1e-3, 10)(110)) == pytest.approx(1e-3)  # constant: Diffusion-DPO's
 
 
 def test_unreadable_weights_file_is_named_after_the_checks(tiny_cache, base_with_unreadable_weights):

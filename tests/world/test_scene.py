@@ -89,3 +89,36 @@ def test_each_trade_off_has_a_scorer_on_either_side(prompt, change, up, down):
         prompt,
     )
     assert after[up] > before[up] and after[down] < before[down]
+
+
+def test_size_preferences_on_pairs_of_a_small_and_a_large_object(tmp_path):
+    """The larger square is a darker red: contrast and vividness prefer it, composition (roomy), fidelity
+    (colour) and the human (colour, size near 16%) the smaller; the vote ties 2-2 and decides nothing."""
+    from scorers_torch.world_diagnosis import size_preferences
+
+    prompt = "a red square in the middle on a white background"
+    small, large = square((215, 40, 40), half=5), square((150, 20, 20), half=8)
+    pairs = world.write_pairs(tmp_path / "pairs.parquet", [prompt] * 2, [small, large], [large, small], np.ones(2))
+    shares = size_preferences(pairs)
+    assert {k: shares[k] for k in ("composition", "contrast", "fidelity", "vividness", "world_human")} == {
+        "composition": 0.0, "contrast": 1.0, "fidelity": 0.0, "vividness": 1.0, "world_human": 0.0
+    }  # fmt: skip
+    assert np.isnan(shares["vote"])
+
+
+def test_sample_spread_by_hand(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scorers_torch.world_diagnosis import sample_spread
+
+    rows = []
+    for model, half, values in (("base", 4, [1.0, 3.0, 2.0, 2.0]), ("tuned", 8, [2.0, 2.0, 5.0, 5.0])):
+        (tmp_path / model).mkdir()
+        for i, value in enumerate(values):
+            square((215, 40, 40), half=half).save(tmp_path / model / f"{i}.png")
+            rows.append({"model": model, "prompt_index": i // 2, "image": f"{model}/{i}.png", "composition": value})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "scores.parquet")
+    found = sample_spread(tmp_path)
+    assert found["base"] == pytest.approx({"composition": 2.0, "composition sd": 0.5, "object area": 64 / 1024})
+    assert found["tuned"] == pytest.approx({"composition": 3.5, "composition sd": 0.0, "object area": 256 / 1024})
