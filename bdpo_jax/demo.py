@@ -34,7 +34,7 @@ def run_demo(workdir: Path, size: str = "demo") -> dict:
     from bdpo_jax import small_world
     from configs import world as world_config
 
-    small_world.quiet_libraries()
+    small_world.quiet_diffusers()
     small_world.compile_cache(workdir)
     world = world_config.get_config(size)
     workdir = Path(workdir)

@@ -20,7 +20,7 @@ def learning_rate_schedule(
     peak: float, warmup_steps: int, decay: str = "constant", total_steps: int | None = None
 ) -> optax.Schedule:
     """Linear warmup to the peak, then constant (Diffusion-DPO's schedule) or a
-    cosine to zero at ``total_steps`` (pretraining: the same loss in fewer steps)."""
+    cosine to zero at ``total_steps`` (the usual schedule of supervised fine-tuning)."""
     warmup = max(warmup_steps, 1)
     if decay == "constant":
         return optax.linear_schedule(0.0, peak, warmup)

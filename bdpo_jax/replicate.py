@@ -105,7 +105,7 @@ def run_replicate(workdir: Path, size: str = "replicate", variants: list[str] | 
     from configs import world as world_config
     from configs.train.world import VARIANTS
 
-    small_world.quiet_libraries()
+    small_world.quiet_diffusers()
     small_world.compile_cache(workdir)
     world = world_config.get_config(size)
     variants = list(variants or world.variants)

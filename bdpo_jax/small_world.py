@@ -47,7 +47,7 @@ def compile_cache(workdir: Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def quiet_libraries() -> None:
+def quiet_diffusers() -> None:
     """diffusers' and transformers' warnings, deprecation notices and loading
     bars off: the console tells the world's story."""
     import warnings
@@ -96,8 +96,8 @@ def train_and_export(config: ml_collections.ConfigDict, run: Path, base: Path, o
     if trained and (run / CONFIG_NAME).is_file():
         # Not compared: the cache's path (it may be spelled otherwise; its content is this
         # workdir's) and keys the saved config lacks (added to the project since).
-        changes = config_changes(json.loads((run / CONFIG_NAME).read_text()), config)
-        altering = {k: v for k, v in changes.items() if not resumable(k, config) and k != "cache" and v[0] is not None}
+        changes = config_changes(json.loads((run / CONFIG_NAME).read_text()), config, saved_keys_only=True)
+        altering = {k: v for k, v in changes.items() if not resumable(k, config) and k != "cache"}
         if altering:
             raise UserError(
                 f"{run} was trained with other settings ({describe_changes(altering)}): the world's config changed "

@@ -82,8 +82,8 @@ def config_value_problems(config: ml_collections.ConfigDict) -> list[str]:
         (opt.warmup_steps >= 0, f"optimizer.warmup_steps {opt.warmup_steps} is negative"),
         (opt.decay in DECAYS, f"optimizer.decay {opt.decay!r}: choose one of {DECAYS}"),
         (
-            opt.decay != "cosine" or t.steps > opt.warmup_steps,
-            f"optimizer.decay 'cosine' needs train.steps ({t.steps}) beyond the warmup ({opt.warmup_steps})",
+            opt.decay != "cosine" or t.steps > max(opt.warmup_steps, 1),
+            f"optimizer.decay 'cosine' needs train.steps ({t.steps}) beyond the warmup ({max(opt.warmup_steps, 1)})",
         ),
         (opt.grad_clip > 0, f"optimizer.grad_clip {opt.grad_clip} must be positive"),
         (config.checkpoint.every >= 1, f"checkpoint.every {config.checkpoint.every} must be at least 1"),

@@ -13,6 +13,8 @@
   on devices; not how long under a decaying learning rate); any other change
   alters the data or the model, and is an error listing the keys unless
   explicitly allowed, in which case the old config is kept beside the new one.
+  A key added to the project after a run was saved is read, for that run, as
+  its ``KEYS_ADDED_LATER`` value (the one that reproduces the run).
 """
 
 from __future__ import annotations
@@ -108,11 +110,15 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """{key: (saved value, new value)} of every key whose value differs."""
+def config_changes(
+    saved: dict, config: ml_collections.ConfigDict, saved_keys_only: bool = False
+) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, new value)} of every key whose value differs; ``saved_keys_only``: of the keys
+    the saved config has (a key added to the project since, and not in KEYS_ADDED_LATER, is not compared)."""
     old = {**KEYS_ADDED_LATER, **_flat(saved)}
     new = _flat(json.loads(config.to_json_best_effort()))
-    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    keys = old.keys() if saved_keys_only else old.keys() | new.keys()
+    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
 
 
 def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
@@ -121,8 +127,9 @@ def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
 
 
 def resumable(key: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether a resumed run may change ``key`` and still train what it started to."""
     if key == "train.steps" and config.optimizer.decay != "constant":
-        return False  # the decay ends at train.steps: more steps change the rate of those already taken
+        return False  # the decay ends at train.steps: the rate would jump at the resumed step
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_KEYS)
 
 

@@ -16,7 +16,7 @@ And, with ``--workdir``, why a trained model wins or loses a metric:
 
 - ``size_preferences``: on the preference pairs, how often each scorer, the
   hidden human and the vote prefer the larger of the two objects (a direction
-  all voters but one share is one the vote always wins).
+  all voters but one share is one the vote mostly takes).
 - ``sample_spread``: per model of the world's evaluation, each metric's mean,
   its spread over a prompt's N images and the object's size (best-of-N
   rewards spread: a model whose images are better on average but alike can lose it).
@@ -173,6 +173,7 @@ def size_preferences(pairs: str | Path) -> dict[str, float]:
     the hidden human's utility and the scorers' vote (on the pairs it decides) prefer the larger object."""
     import pyarrow.parquet as pq
 
+    from configs.preprocess import world as preprocess_world
     from configs.preprocess.world import WORLD_SCORERS
     from scorers_torch.scorers import build_scorer
     from scorers_torch.scorers.world import read
@@ -195,13 +196,14 @@ def size_preferences(pairs: str | Path) -> dict[str, float]:
         name: share(scores[:, k, 0] > scores[:, k, 1], sized & (scores[:, k, 0] != scores[:, k, 1]))
         for k, name in enumerate(names)
     }
-    vote = majority_vote(scores[:, : len(WORLD_SCORERS)], "drop")
+    vote = majority_vote(scores[:, : len(WORLD_SCORERS)], preprocess_world.get_config().tie_policy)
     return shares | {"vote": share(vote.label > 0, sized & vote.keep)}
 
 
 def sample_spread(evaluation: str | Path) -> dict[str, dict[str, float]]:
-    """Per model of an evaluation folder: each metric's mean over images, mean over prompts of its
-    standard deviation over the prompt's N images (``<metric> sd``), and the object's mean area."""
+    """Per model of an evaluation folder: each metric's mean over images, mean over prompts (of every
+    prompt set) of its standard deviation over the prompt's N images (``<metric> sd``), and the
+    object's mean area."""
     import pyarrow.parquet as pq
 
     from scorers_torch.scorers.world import read
@@ -211,7 +213,8 @@ def sample_spread(evaluation: str | Path) -> dict[str, dict[str, float]]:
     found = {}
     for model in dict.fromkeys(columns["model"]):
         rows = columns["model"] == model
-        prompt = columns["prompt_index"][rows]
+        sets, indices = columns["prompt_set"][rows], columns["prompt_index"][rows]
+        prompt = np.array([f"{s}/{i}" for s, i in zip(sets, indices, strict=True)])  # one key per prompt
         row = {}
         for metric in metrics:
             values = columns[metric][rows].astype(np.float64)
@@ -234,9 +237,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--steps", type=int, default=20, help="sampler steps")
     args = parser.parse_args(argv)
-    from bdpo_jax.small_world import quiet_libraries
+    from bdpo_jax.small_world import quiet_diffusers
 
-    quiet_libraries()
+    quiet_diffusers()
     prompts = world.split_prompts(60)[1][: args.prompts]
     print(f"text states: one changed word moves them by {text_separation(args.base, prompts):.2f} std")
     losses = conditioning_losses(args.base, prompts)

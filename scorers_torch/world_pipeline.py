@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +72,9 @@ def train_world_vae(steps: int = 300, batch_size: int = 16, seed: int = 0, log=p
     """A TAESD-style ``AutoencoderTiny`` fit to rendered images (L1 + L2 of the
     reconstruction from slightly noised latents, so that the decoder tolerates
     the UNet's imperfect ones); its scaling factor gives latents unit variance.
-    On one torch thread: its backward's sums change with the thread count, and
-    the world's base is then the same on every machine (30 steps on 1 and on 2
-    threads differed by 8e-7; sampling and encoding gave identical images).
+    On one torch thread: its backward's sums change with the thread count (30
+    steps on 1 and on 2 threads differed by 8e-7), and the base should not
+    depend on how many cores a machine has.
 
     Why not an AutoencoderKL: at this size its GroupNorms (per-image statistics)
     lose absolute colour; measured on 2 CPU cores, 800 steps: AutoencoderKL
@@ -82,7 +83,7 @@ def train_world_vae(steps: int = 300, batch_size: int = 16, seed: int = 0, log=p
         return _train_world_vae(steps, batch_size, seed, log)
 
 
-def _train_world_vae(steps: int, batch_size: int, seed: int, log) -> torch.nn.Module:
+def _train_world_vae(steps: int, batch_size: int, seed: int, log: Callable[[str], None]) -> torch.nn.Module:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)

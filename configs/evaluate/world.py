@@ -26,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 60
     config.score_batch_size = 60
     config.block_size = 60
-    # torch's choice: on the idle 2-core machine, 2 threads made 27-31 img/s and 1 thread 15-21, the
-    # images identical; on a machine loaded by other jobs, set 1 (bench/evaluate.py).
+    # torch's choice: this evaluation on the idle 2-core machine made 27-31 img/s on 2 threads and 15-21
+    # on 1, the images identical; on a machine loaded by other jobs 1 thread can be far faster.
     config.cpu_threads = None
     config.bootstrap.resamples = 1000
     config.grid.prompts = 6

@@ -170,6 +170,11 @@ def test_a_resumed_run_refuses_a_config_that_changes_its_data_or_model(tiny_cach
     del saved["optimizer"]["decay"]  # a run saved before the key existed trained at a constant rate
     (tmp_path / "config.json").write_text(json.dumps(saved))
     workdir_module.check_resumed_config(tmp_path, longer, 2, allow_changes=False)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cosine = run_config(tiny_cache)
+    cosine.optimizer.decay = "cosine"  # but not a run saved before the key was made to decay
+    with pytest.raises(workdir_module.ConfigChangedError, match=r"optimizer\.decay: 'constant' -> 'cosine'"):
+        workdir_module.check_resumed_config(tmp_path, cosine, 2, allow_changes=False)
     cosine = run_config(tiny_cache)
     cosine.optimizer.decay = "cosine"
     (tmp_path / "config.json").write_text(cosine.to_json_best_effort())

@@ -92,18 +92,22 @@ def test_each_trade_off_has_a_scorer_on_either_side(prompt, change, up, down):
 
 
 def test_size_preferences_on_pairs_of_a_small_and_a_large_object(tmp_path):
-    """The larger square is a darker red: contrast and vividness prefer it, composition (roomy), fidelity
-    (colour) and the human (colour, size near 16%) the smaller; the vote ties 2-2 and decides nothing."""
+    """Two pairs (either order) where the larger square is a darker red: contrast and vividness prefer
+    it, composition (roomy), fidelity (colour) and the human (colour, size near 16%) the smaller, and
+    the vote ties 2-2 (dropped). A third where the smaller is a pale red: all but composition prefer the
+    larger, and so does the vote, 3 to 1."""
     from scorers_torch.world_diagnosis import size_preferences
 
     prompt = "a red square in the middle on a white background"
     small, large = square((215, 40, 40), half=5), square((150, 20, 20), half=8)
-    pairs = world.write_pairs(tmp_path / "pairs.parquet", [prompt] * 2, [small, large], [large, small], np.ones(2))
+    pale_small, red_large = square((200, 120, 120), half=5), square((215, 40, 40), half=8)
+    pairs = world.write_pairs(
+        tmp_path / "pairs.parquet", [prompt] * 3, [small, large, pale_small], [large, small, red_large], np.ones(3)
+    )
     shares = size_preferences(pairs)
-    assert {k: shares[k] for k in ("composition", "contrast", "fidelity", "vividness", "world_human")} == {
-        "composition": 0.0, "contrast": 1.0, "fidelity": 0.0, "vividness": 1.0, "world_human": 0.0
-    }  # fmt: skip
-    assert np.isnan(shares["vote"])
+    assert shares == pytest.approx({
+        "composition": 0.0, "contrast": 1.0, "fidelity": 1 / 3, "vividness": 1.0, "world_human": 1 / 3, "vote": 1.0
+    })  # fmt: skip
 
 
 def test_sample_spread_by_hand(tmp_path):
@@ -117,7 +121,8 @@ def test_sample_spread_by_hand(tmp_path):
         (tmp_path / model).mkdir()
         for i, value in enumerate(values):
             square((215, 40, 40), half=half).save(tmp_path / model / f"{i}.png")
-            rows.append({"model": model, "prompt_index": i // 2, "image": f"{model}/{i}.png", "composition": value})
+            row = {"model": model, "prompt_set": "world", "prompt_index": i // 2, "image": f"{model}/{i}.png"}
+            rows.append(row | {"composition": value})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "scores.parquet")
     found = sample_spread(tmp_path)
     assert found["base"] == pytest.approx({"composition": 2.0, "composition sd": 0.5, "object area": 64 / 1024})
