@@ -56,7 +56,7 @@ def main() -> None:
     result = {
         "images": images,
         "steps": args.steps,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": args.threads or torch.get_num_threads(),  # evaluate.run restores the count it found
         "fresh_run_s": round(fresh, 1),
         "tables_and_pictures_only_s": round(report_only, 1),
         "generate_and_score_images_per_s": round(images / (fresh - report_only), 2),
