@@ -26,7 +26,7 @@ def learning_rate_schedule(
         return optax.linear_schedule(0.0, peak, warmup)
     if decay == "cosine":
         if total_steps is None or total_steps <= warmup:
-            raise ValueError(f"a cosine decay needs total steps ({total_steps}) beyond the warmup ({warmup})")
+            raise ValueError(f"optimizer.decay 'cosine' needs train.steps ({total_steps}) beyond the warmup ({warmup})")
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps)
     raise ValueError(f"optimizer.decay {decay!r}: choose one of {DECAYS}")
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -175,12 +174,13 @@ def size_preferences(pairs: str | Path) -> dict[str, float]:
 
     from configs.preprocess import world as preprocess_world
     from configs.preprocess.world import WORLD_SCORERS
+    from scorers_torch.pickapic import decode_image
     from scorers_torch.scorers import build_scorer
     from scorers_torch.scorers.world import read
     from scorers_torch.votes import majority_vote
 
     table = pq.read_table(pairs, columns=["caption", "jpg_0", "jpg_1"]).to_pydict()
-    images = [[Image.open(io.BytesIO(data)).convert("RGB") for data in table[k]] for k in ("jpg_0", "jpg_1")]
+    images = [[decode_image(data) for data in table[k]] for k in ("jpg_0", "jpg_1")]
     area = np.array([[read(image).area for image in side] for side in images]).T  # (pairs, 2)
     names = (*WORLD_SCORERS, "world_human")
     # (pairs, scorers, 2), the preprocessing job's layout
@@ -204,11 +204,12 @@ def sample_spread(evaluation: str | Path) -> dict[str, dict[str, float]]:
     """Per model of an evaluation folder: each metric's mean over images, mean over prompts (of every
     prompt set) of its standard deviation over the prompt's N images (``<metric> sd``), and the
     object's mean area."""
-    import pyarrow.parquet as pq
-
+    from scorers_torch.evaluate import read_scores
+    from scorers_torch.evaluation.outputs import OutputDir, read_image, under
     from scorers_torch.scorers.world import read
 
-    columns = {k: np.asarray(v) for k, v in pq.read_table(Path(evaluation) / "scores.parquet").to_pydict().items()}
+    output = OutputDir(evaluation)
+    columns = read_scores(output.scores)
     metrics = [k for k in columns if columns[k].dtype.kind == "f"]
     found = {}
     for model in dict.fromkeys(columns["model"]):
@@ -220,7 +221,7 @@ def sample_spread(evaluation: str | Path) -> dict[str, dict[str, float]]:
             values = columns[metric][rows].astype(np.float64)
             row[metric] = float(values.mean())
             row[f"{metric} sd"] = float(np.mean([values[prompt == p].std() for p in np.unique(prompt)]))
-        areas = [read(Image.open(Path(evaluation) / image)).area for image in columns["image"][rows]]
+        areas = [read(read_image(under(output.root, image))).area for image in columns["image"][rows]]
         found[model] = row | {"object area": float(np.mean(areas))}
     return found
 

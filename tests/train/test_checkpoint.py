@@ -178,7 +178,7 @@ def test_a_resumed_run_refuses_a_config_that_changes_its_data_or_model(tiny_cach
     cosine = run_config(tiny_cache)
     cosine.optimizer.decay = "cosine"
     (tmp_path / "config.json").write_text(cosine.to_json_best_effort())
-    cosine.train.steps = 10  # under a decay, more steps change the rate of the steps already taken
+    cosine.train.steps = 10  # under a decay: the rate would jump at the resumed step
     with pytest.raises(workdir_module.ConfigChangedError, match=r"train\.steps: 4 -> 10"):
         workdir_module.check_resumed_config(tmp_path, cosine, 2, allow_changes=False)
 
