@@ -49,16 +49,6 @@ class ConfigChangedError(UserError):
     """A resumed run's config changes keys that alter its data or model."""
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def acquire_lock(workdir: str | os.PathLike) -> str:
     """Creates ``workdir/run.lock`` for this process, or raises ``WorkdirError`` naming its holder."""
     path = storage.join(workdir, LOCK_NAME)
@@ -73,7 +63,7 @@ def acquire_lock(workdir: str | os.PathLike) -> str:
             if holder is None:  # being written this instant, or emptied: look again
                 time.sleep(0.1)
                 holder = read_lock(path) or {"host": "?", "pid": -1}
-            if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", -1))):
+            if holder.get("host") == me["host"] and not storage.process_alive(int(holder.get("pid", -1))):
                 logging.warning("%s: taking over the lock of process %s on %s, which has ended", path, *_who(holder))
                 storage.remove(path)
                 continue
