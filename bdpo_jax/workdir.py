@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -31,6 +32,7 @@ from absl import logging
 
 from bdpo_jax import storage
 from bdpo_jax.errors import UserError
+from bdpo_jax.models.unet_files import weight_files
 
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
@@ -160,10 +162,6 @@ SAMPLE_BYTES = 4 << 20
 def base_fingerprint(unet_dir: Path) -> str:
     """A cheap identity of a base UNet: its config, and each weight file's name, size, first and last 4 MiB
     (a safetensors header names every tensor and its offsets; the samples tell fine-tunes apart)."""
-    import hashlib
-
-    from bdpo_jax.models.weights import weight_files
-
     digest = hashlib.sha256((unet_dir / "config.json").read_bytes())
     for path in sorted(set(weight_files(unet_dir).values())):
         size = path.stat().st_size

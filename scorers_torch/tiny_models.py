@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from bdpo_jax.models.presets import unet_preset
+
 TINY_OPEN_CLIP = "bdpo-tiny-clip"
 
 
@@ -71,8 +73,6 @@ def make_tiny_pipeline(
     (two encoders, penultimate states, pooled projection) with ``family="sdxl"``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from bdpo_jax.models.presets import unet_preset
 
     if family not in ("sd", "sdxl"):
         raise ValueError(f"family {family!r}: 'sd' or 'sdxl'")
