@@ -205,11 +205,11 @@ def test_the_trainer_reads_a_cache_in_object_storage(root, tiny_cache):
 @pytest.mark.parametrize("root", ["s3", "gcs"], indirect=True)
 def test_preprocessing_writes_a_cache_into_object_storage(root, tiny_cache):
     """The preprocessing job with a bucket as output_dir: the same cache as on disk, readable by the trainer."""
-    from configs.preprocess import demo
+    from configs.preprocess import tiny as preprocess_tiny
     from scorers_torch import preprocess
 
     job = storage.read_json(storage.join(tiny_cache, "job.json"))
-    config = demo.get_config()
+    config = preprocess_tiny.get_config()
     config.source, config.base_model = job["source"]["spec"], job["base_model"]["path"]
     config.shard_size, config.output_dir = job["shard_size"], root
     manifest = preprocess.run(config)
