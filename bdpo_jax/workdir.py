@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from bdpo_jax import storage
+from bdpo_jax import records, storage
 from bdpo_jax.errors import UserError
 from bdpo_jax.models.unet_files import weight_files
 
@@ -96,26 +96,19 @@ def release_lock(path: str | os.PathLike) -> None:
         storage.remove(path)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
 def config_changes(
     saved: dict, config: ml_collections.ConfigDict, saved_keys_only: bool = False
 ) -> dict[str, tuple[Any, Any]]:
     """{key: (saved value, new value)} of every key whose value differs; ``saved_keys_only``: of the keys
     the saved config has (a key added to the project since, and not in KEYS_ADDED_LATER, is not compared)."""
-    old = {**KEYS_ADDED_LATER, **_flat(saved)}
-    new = _flat(json.loads(config.to_json_best_effort()))
-    keys = old.keys() if saved_keys_only else old.keys() | new.keys()
-    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+    old = {**KEYS_ADDED_LATER, **records.flatten(saved)}
+    new = records.flatten(json.loads(config.to_json_best_effort()))
+    return records.changes(old, new, saved_keys_only=saved_keys_only)
 
 
 def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     """``key: old -> new; ...``, as the errors and warnings about a changed config list them."""
-    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    return records.describe(changes)
 
 
 def resumable(key: str, config: ml_collections.ConfigDict) -> bool:
