@@ -3,18 +3,17 @@
 
 A source is a parquet file, a directory of parquet files (a hub snapshot
 included), a ``datasets`` ``save_to_disk`` directory, or a hub dataset id
-written ``hf://org/name`` (downloaded once where a hub is reachable). The original hub copy is reported
-gone and mirrors name the columns otherwise: ``columns`` maps each of the
-schema's names to the source's.
+written ``hf://org/name`` (downloaded once where a hub is reachable). The
+original hub copy is reported gone and mirrors name the columns otherwise:
+``columns`` maps each of the schema's names to the source's.
 
 Rows are read as they are: a row with a missing or impossible label or a
 caption that is not UTF-8 becomes a ``Pair`` with a ``problem``, which the job
 rejects and lists. ``describe`` fingerprints the source's files, so that a
-resumed job notices a changed source. ``write_pairs`` writes pairs in this schema. Images are
-decoded with bounded memory:
+resumed job notices a changed source. Images are decoded with bounded memory:
 the size in the header is checked against a pixel count and an aspect ratio
 before any pixel is decoded, and high-bit-depth images are scaled by their
-value range into 8 bits.
+value range into 8 bits. ``write_pairs`` writes pairs in this schema.
 """
 
 from __future__ import annotations

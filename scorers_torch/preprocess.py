@@ -1,7 +1,7 @@
 """Scores preference pairs with every configured scorer, votes, and caches VAE
 latents and text states for the JAX trainer.
 
-    python -m scorers_torch.preprocess --config configs/preprocess/sd15_paper.py \
+    python -m scorers_torch.preprocess --config configs/preprocess/paper.py:sd15 \
         --config.source=/data/pickapic_v2 --config.base_model=/models/sd15 --config.output_dir=/cache/sd15
 
 Work is split into shards of ``shard_size`` source rows; shard i belongs to

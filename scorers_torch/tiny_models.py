@@ -1,8 +1,8 @@
 """Small models in the real formats, with random weights: a diffusers pipeline
 folder (VAE, text encoder(s), tokenizer(s), UNet), open_clip checkpoints, a
-PickScore folder and an aesthetic head. The tests and the built-in demo use
-them where the real weights cannot be downloaded; their loaders are the ones
-real weights go through.
+PickScore folder and an aesthetic head. The tests and the benches use them
+where the real weights cannot be downloaded; their loaders are the ones real
+weights go through.
 """
 
 from __future__ import annotations
