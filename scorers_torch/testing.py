@@ -3,7 +3,8 @@ procedural preference pairs (prompts like "a red circle on a white background",
 images rendered from them with a controllable fidelity, Pick-a-Pic-schema
 parquet files) and three weight-free scorers on different scales (saturation
 0-1, brightness 0-255, prompt match 0-10), as the real scorers' scales differ.
-Importing this module registers the scorers (``configs/*/tiny.py`` import it).
+Importing this module registers the scorers (``configs/preprocess/tiny.py`` and
+``configs/evaluate/tiny.py`` import it).
 """
 
 from __future__ import annotations
