@@ -14,7 +14,8 @@ tensorstore's gcs driver; ``TENSORSTORE_GCS_HTTP_URL`` points it at an
 emulator). There orbax writes a step in place and marks it finished with
 ``commit_success.txt``, and the checksum record holds the store's own CRC32C
 of each object, read from one listing rather than by downloading the
-checkpoint.
+checkpoint. Elsewhere in object storage orbax cannot checkpoint: such a
+workdir is refused before anything loads (``check_checkpoint_location``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,34 @@ class Interrupted(Exception):
     def __init__(self, step: int, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}, saved it")
         self.step, self.signum = step, signum
+
+
+class CheckpointLocationError(UserError):
+    """A workdir on a storage that orbax cannot checkpoint to."""
+
+
+CHECKPOINT_PROTOCOLS = ("file", "local", "gs", "gcs")  # where orbax's arrays go (tensorstore's file and gcs drivers)
+
+
+def checkpoint_location_problem(workdir: str | os.PathLike) -> str | None:
+    """Why orbax cannot checkpoint under ``workdir``, or None. orbax 0.12 gives
+    tensorstore its gcs driver for gs:// and its file driver for every other
+    path, so an s3:// checkpoint fails ("Checkpoint path should be absolute")
+    after its first metadata object is written: refused before anything loads."""
+    protocol = str(workdir).split("://", 1)[0] if "://" in str(workdir) else "file"
+    if protocol in CHECKPOINT_PROTOCOLS:
+        return None
+    return (
+        f"workdir {workdir}: orbax checkpoints only to a local (or shared) path or gs://, not {protocol}://; "
+        f"give a gs:// or local workdir, or mount the bucket (mountpoint-s3, s3fs-fuse) and give its mount "
+        f"point (the cache and the evaluation output may stay in {protocol}://)"
+    )
+
+
+def check_checkpoint_location(workdir: str | os.PathLike) -> None:
+    """``checkpoint_location_problem`` as an error, for a train command's config check."""
+    if problem := checkpoint_location_problem(workdir):
+        raise CheckpointLocationError(problem)
 
 
 def manager(workdir: str | os.PathLike, config: ml_collections.ConfigDict):

@@ -97,8 +97,3 @@ def pair_signs(batch: Mapping[str, jax.Array], source: LabelSource, rng: jax.Arr
 def pair_label(signs: jax.Array, weights: jax.Array) -> jax.Array:
     """One sign per pair, s in {+1, -1, 0}: the weighted sum of its components' signs."""
     return jnp.sign(signs @ weights)
-
-
-def pair_labels(batch: Mapping[str, jax.Array], source: LabelSource, rng: jax.Array) -> jax.Array:
-    """s per pair, float32: which image the source prefers (metrics, winners of SFT)."""
-    return pair_label(*pair_signs(batch, source, rng))

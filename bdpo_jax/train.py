@@ -100,7 +100,7 @@ def train(
     One run at a time per workdir; a resumed run keeps the config that changes its data
     and model unless ``allow_config_change``. A signal (SIGTERM, SIGINT) saves the step
     in flight and raises ``checkpoints.Interrupted``."""
-    storage.check_checkpoint_location(workdir)
+    checkpoints.check_checkpoint_location(workdir)
     workdir = storage.absolute(workdir)
     lock = hold_workdir(workdir)
     try:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -29,8 +30,9 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from bdpo_jax import storage
+from bdpo_jax import records, storage
 from bdpo_jax.errors import UserError
+from bdpo_jax.models.unet_files import weight_files
 
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
@@ -49,16 +51,6 @@ class ConfigChangedError(UserError):
     """A resumed run's config changes keys that alter its data or model."""
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def acquire_lock(workdir: str | os.PathLike) -> str:
     """Creates ``workdir/run.lock`` for this process, or raises ``WorkdirError`` naming its holder."""
     path = storage.join(workdir, LOCK_NAME)
@@ -73,7 +65,7 @@ def acquire_lock(workdir: str | os.PathLike) -> str:
             if holder is None:  # being written this instant, or emptied: look again
                 time.sleep(0.1)
                 holder = read_lock(path) or {"host": "?", "pid": -1}
-            if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", -1))):
+            if holder.get("host") == me["host"] and not storage.process_alive(int(holder.get("pid", -1))):
                 logging.warning("%s: taking over the lock of process %s on %s, which has ended", path, *_who(holder))
                 storage.remove(path)
                 continue
@@ -104,26 +96,19 @@ def release_lock(path: str | os.PathLike) -> None:
         storage.remove(path)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
 def config_changes(
     saved: dict, config: ml_collections.ConfigDict, saved_keys_only: bool = False
 ) -> dict[str, tuple[Any, Any]]:
     """{key: (saved value, new value)} of every key whose value differs; ``saved_keys_only``: of the keys
     the saved config has (a key added to the project since, and not in KEYS_ADDED_LATER, is not compared)."""
-    old = {**KEYS_ADDED_LATER, **_flat(saved)}
-    new = _flat(json.loads(config.to_json_best_effort()))
-    keys = old.keys() if saved_keys_only else old.keys() | new.keys()
-    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+    old = {**KEYS_ADDED_LATER, **records.flatten(saved)}
+    new = records.flatten(json.loads(config.to_json_best_effort()))
+    return records.changes(old, new, saved_keys_only=saved_keys_only)
 
 
 def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     """``key: old -> new; ...``, as the errors and warnings about a changed config list them."""
-    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    return records.describe(changes)
 
 
 def resumable(key: str, config: ml_collections.ConfigDict) -> bool:
@@ -170,10 +155,6 @@ SAMPLE_BYTES = 4 << 20
 def base_fingerprint(unet_dir: Path) -> str:
     """A cheap identity of a base UNet: its config, and each weight file's name, size, first and last 4 MiB
     (a safetensors header names every tensor and its offsets; the samples tell fine-tunes apart)."""
-    import hashlib
-
-    from bdpo_jax.models.weights import weight_files
-
     digest = hashlib.sha256((unet_dir / "config.json").read_bytes())
     for path in sorted(set(weight_files(unet_dir).values())):
         size = path.stat().st_size

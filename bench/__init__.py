@@ -1,4 +1,5 @@
-"""Benchmarks: each script prints its result as JSON and, with ``--out``, writes it there."""
+"""Benchmarks, and the parity check against diffusers' PyTorch UNet (``bench.parity``): the code that
+imports both frameworks. Each benchmark prints its result as JSON and, with ``--out``, writes it there."""
 
 import json
 from pathlib import Path

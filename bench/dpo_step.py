@@ -33,10 +33,10 @@ from bdpo_jax.flops import PEAK_TFLOPS
 from bdpo_jax.labels import LabelSource
 from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, params_from_diffusers
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.parity import random_diffusers_unet
 from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import StepConfig, init_state, train_step
 from bench import report
+from bench.parity import random_diffusers_unet
 from bench.unet import jax_peak_bytes, timed, timed_torch
 
 # Stable Diffusion's training schedule, as its pipelines' scheduler configs give it.

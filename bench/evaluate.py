@@ -1,6 +1,6 @@
-"""Wall time of the evaluation at the demo's size: two tiny SD pipelines (the
-demo's micro-sd1 UNet, 64 px images), configs/evaluate/tiny.py (16 prompts x 5
-images, three weight-free scorers, 20 DDIM steps), on whatever device torch picks.
+"""Wall time of a CPU-sized evaluation: two tiny SD pipelines (micro-sd1 UNet,
+64 px images), configs/evaluate/tiny.py (16 prompts x 5 images, three
+weight-free scorers, 20 DDIM steps), on whatever device torch picks.
 
     python -m bench.evaluate --steps 20 --out bench_evaluate.json
     python -m bench.evaluate --steps 20 --threads 1    # a shared CPU: 2 threads can be far slower

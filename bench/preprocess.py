@@ -22,12 +22,12 @@ import torch
 
 from bdpo_jax import cache as cache_format
 from bench import report
-from configs.preprocess import demo
+from configs.preprocess.common import base_config
 from scorers_torch import preprocess
 from scorers_torch.encoders import BaseModelEncoders
 from scorers_torch.pickapic import PreferenceSource
 from scorers_torch.scorers import build_scorer
-from scorers_torch.synthetic import make_preference_parquet
+from scorers_torch.testing import make_preference_parquet
 from scorers_torch.tiny_models import (
     make_clip_tokenizer,
     make_tiny_pickscore,
@@ -130,7 +130,7 @@ def main() -> None:
         make_preference_parquet(root / "pairs.parquet", unique, size=args.image_size)
         source = PreferenceSource(root / "pairs.parquet")
 
-        config = demo.get_config()
+        config = base_config()
         config.scorers = ml_collections.ConfigDict(scorer_args)
         config.batch_size = args.batch_size
         encoders = BaseModelEncoders(pipeline, resolution=64 if args.tiny else 512)

@@ -25,7 +25,7 @@ from flax import nnx
 
 from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, params_from_diffusers
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.parity import random_diffusers_unet, random_inputs, torch_forward
+from bench.parity import random_diffusers_unet, random_inputs, torch_forward
 
 DEFAULT_SHAPES = {"sd15": (8, 64), "sd21": (8, 96), "sdxl": (2, 128)}
 

@@ -3,9 +3,9 @@
 
 A source is a parquet file, a directory of parquet files (a hub snapshot
 included), a ``datasets`` ``save_to_disk`` directory, or a hub dataset id
-written ``hf://org/name`` (downloaded once where a hub is reachable). The original hub copy is reported
-gone and mirrors name the columns otherwise: ``columns`` maps each of the
-schema's names to the source's.
+written ``hf://org/name`` (downloaded once where a hub is reachable). The
+original hub copy is reported gone and mirrors name the columns otherwise:
+``columns`` maps each of the schema's names to the source's.
 
 Rows are read as they are: a row with a missing or impossible label or a
 caption that is not UTF-8 becomes a ``Pair`` with a ``problem``, which the job
@@ -13,7 +13,7 @@ rejects and lists. ``describe`` fingerprints the source's files, so that a
 resumed job notices a changed source. Images are decoded with bounded memory:
 the size in the header is checked against a pixel count and an aspect ratio
 before any pixel is decoded, and high-bit-depth images are scaled by their
-value range into 8 bits.
+value range into 8 bits. ``write_pairs`` writes pairs in this schema.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from bdpo_jax import storage
 from bdpo_jax.errors import UserError
 
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
@@ -141,6 +142,49 @@ class PreferenceSource:
             (str(f.relative_to(root)) if f.is_relative_to(root) else str(f)): file_fingerprint(f) for f in self.files
         }
         return {"spec": self.spec, "columns": self.columns, "rows": len(self), "files": files}
+
+
+def write_pairs(
+    path: str | os.PathLike,
+    prompts: Sequence[str],
+    images_0: Sequence[Image.Image | bytes],
+    images_1: Sequence[Image.Image | bytes],
+    label_0: Sequence[float] | np.ndarray,
+) -> str | os.PathLike:
+    """Pairs as one Pick-a-Pic v2-schema parquet file, the form ``PreferenceSource``
+    reads, written whole or not at all (local or object storage). An image is PNG
+    bytes of a PIL image (lossless), or bytes already encoded (a JPEG, or a damaged
+    file a test wants) as they are; ``label_1`` is ``1 - label_0``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    label_0 = np.asarray(label_0, np.float64)
+    if not len(prompts) == len(images_0) == len(images_1) == len(label_0):
+        raise ValueError(
+            f"write_pairs: {len(prompts)} prompts, {len(images_0)} and {len(images_1)} images, "
+            f"{len(label_0)} labels: give one of each per pair"
+        )
+    table = pa.table(
+        {
+            "caption": list(prompts),
+            "jpg_0": [_encoded(image) for image in images_0],
+            "jpg_1": [_encoded(image) for image in images_1],
+            "label_0": label_0,
+            "label_1": 1.0 - label_0,
+        }
+    )
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    storage.write_bytes(path, buffer.getvalue().to_pybytes())
+    return path
+
+
+def _encoded(image: Image.Image | bytes) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _label(value: Any) -> float:

@@ -1,7 +1,7 @@
 """Scores preference pairs with every configured scorer, votes, and caches VAE
 latents and text states for the JAX trainer.
 
-    python -m scorers_torch.preprocess --config configs/preprocess/sd15_paper.py \
+    python -m scorers_torch.preprocess --config configs/preprocess/paper.py:sd15 \
         --config.source=/data/pickapic_v2 --config.base_model=/models/sd15 --config.output_dir=/cache/sd15
 
 Work is split into shards of ``shard_size`` source rows; shard i belongs to
@@ -26,7 +26,6 @@ import functools
 import json
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -37,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bdpo_jax import cache as cache_format
-from bdpo_jax import storage
+from bdpo_jax import records, storage
 from bdpo_jax.errors import UserError, main_with_clear_errors
 from scorers_torch.encoders import BaseModelEncoders
 from scorers_torch.pickapic import ImageTooLargeError, Pair, PreferenceSource, decode_image
@@ -111,7 +110,7 @@ def check_or_write_job(output: str, job: dict[str, Any]) -> None:
             f"{path} is damaged ({e}): delete it if the folder holds nothing else of value, or use a new output_dir"
         ) from None
     if previous is not None:
-        changed = differing(previous, json.loads(json.dumps(job)))
+        changed = sorted(records.changes(previous, job))
         if changed:
             raise cache_format.CacheError(
                 f"{output} holds a cache made with other settings (differing: {changed}), where the source "
@@ -123,13 +122,6 @@ def check_or_write_job(output: str, job: dict[str, Any]) -> None:
         cache_format.write_json_atomic(path, job)
     except OSError as e:
         raise PreprocessConfigError(f"cannot write {path} ({e}): give a writable output_dir") from None
-
-
-def differing(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two JSON values differ, down to the first non-dict values."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return sorted(k for key in a.keys() | b.keys() for k in differing(a.get(key), b.get(key), f"{prefix}{key}."))
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def process_shard(

@@ -1,8 +1,8 @@
 """Small models in the real formats, with random weights: a diffusers pipeline
 folder (VAE, text encoder(s), tokenizer(s), UNet), open_clip checkpoints, a
-PickScore folder and an aesthetic head. The tests and the built-in demo use
-them where the real weights cannot be downloaded; their loaders are the ones
-real weights go through.
+PickScore folder and an aesthetic head. The tests and the benches use them
+where the real weights cannot be downloaded; their loaders are the ones real
+weights go through.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from bdpo_jax.models.presets import unet_preset
 
 TINY_OPEN_CLIP = "bdpo-tiny-clip"
 
@@ -71,8 +73,6 @@ def make_tiny_pipeline(
     (two encoders, penultimate states, pooled projection) with ``family="sdxl"``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from bdpo_jax.models.presets import unet_preset
 
     if family not in ("sd", "sdxl"):
         raise ValueError(f"family {family!r}: 'sd' or 'sdxl'")

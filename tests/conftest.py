@@ -24,15 +24,15 @@ from launch.local import free_port
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
-    """A small preprocessing cache (micro UNet, demo scorers), for the train and launch tests."""
-    from configs.preprocess import demo
+    """A small preprocessing cache (micro UNet, the three weight-free test scorers), for the train and launch tests."""
+    from configs.preprocess import tiny as preprocess_tiny
     from scorers_torch import preprocess
-    from scorers_torch.synthetic import make_preference_parquet
+    from scorers_torch.testing import make_preference_parquet
     from scorers_torch.tiny_models import make_tiny_pipeline
 
     root = tmp_path_factory.mktemp("train")
     pipeline = make_tiny_pipeline(root / "pipeline", "sd", unet_preset_name="micro-sd1")
-    config = demo.get_config()
+    config = preprocess_tiny.get_config()
     config.source = str(make_preference_parquet(root / "pairs.parquet", 48, seed=1, size=64))
     config.base_model = str(pipeline)
     config.output_dir = str(root / "cache")

@@ -1,6 +1,6 @@
 """Flax layers built with the UNet's dtypes and PyTorch's numerics.
 
-Parameter names follow flax (``kernel``, ``scale``); ``weights.py`` maps them to
+Parameter names follow flax (``kernel``, ``scale``); ``diffusers_layout.py`` maps them to
 diffusers' (``weight``) mechanically.
 """
 

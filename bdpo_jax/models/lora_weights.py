@@ -20,16 +20,9 @@ import jax
 import numpy as np
 from flax import nnx, traverse_util
 
+from bdpo_jax.models.diffusers_layout import diffusers_key, to_diffusers_layout
 from bdpo_jax.models.lora import LoRASpec, dotted
-from bdpo_jax.models.weights import (
-    ShardingFor,
-    diffusers_key,
-    fan_in,
-    fill_state,
-    params_from_diffusers,
-    to_diffusers_layout,
-    to_host,
-)
+from bdpo_jax.models.weights import ShardingFor, fan_in, fill_state, params_from_diffusers, to_host
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 PREFIX = "unet."  # the pipeline component the adapters belong to, as diffusers prefixes them

@@ -1,5 +1,5 @@
 """The SD1.x / SD2.x / SDXL denoiser, diffusers' ``UNet2DConditionModel`` in
-Flax NNX, parameter for parameter (see ``weights.py`` for the name mapping)."""
+Flax NNX, parameter for parameter (see ``diffusers_layout.py`` for the name mapping)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,13 @@
-"""diffusers UNet weights in and out, with ``safetensors`` and no torch.
-
-Our parameter paths are diffusers' module paths (``down_blocks.0.attentions.0
-.proj_in``); only the leaf differs, and mechanically:
-
-    flax ``kernel`` (conv, HWIO)  <->  torch ``weight`` (OIHW)
-    flax ``kernel`` (linear, IO)  <->  torch ``weight`` (OI)
-    flax ``scale`` (norm)         <->  torch ``weight``
-    flax ``bias``                 <->  torch ``bias``
+"""Our Flax UNet from diffusers weights and back: its abstract shape, its
+parameters filled from safetensors (straight to their shards) or an in-memory
+state dict, random weights, and ``config.json`` plus safetensors out.
+Names and layouts: ``diffusers_layout``; which files: ``unet_files``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -22,45 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bdpo_jax.errors import UserError
 from bdpo_jax.models.config import UNetConfig
+from bdpo_jax.models.diffusers_layout import (
+    check_names_and_shapes,
+    diffusers_key,
+    from_diffusers_layout,
+    to_diffusers_layout,
+)
 from bdpo_jax.models.lora import LoRASpec, add_adapters
 from bdpo_jax.models.options import ModelOptions
 from bdpo_jax.models.unet import UNet2DConditionModel
-
-WEIGHTS_NAME = "diffusion_pytorch_model"
-
-
-class WeightsError(UserError):
-    """Weights on disk do not fit the UNet they are loaded into."""
-
-
-def diffusers_key(path: tuple) -> str:
-    *modules, leaf = (str(p) for p in path)
-    return ".".join([*modules, "bias" if leaf == "bias" else "weight"])
-
-
-def to_diffusers_layout(array: np.ndarray) -> np.ndarray:
-    """A flax leaf in torch's layout (the transform is fixed by its rank)."""
-    if array.ndim == 4:
-        return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
-    if array.ndim == 2:
-        return np.ascontiguousarray(array.T)
-    return array
-
-
-def diffusers_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    if len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(reversed(shape)) if len(shape) == 2 else tuple(shape)
-
-
-def from_diffusers_layout(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 4:
-        return np.transpose(array, (2, 3, 1, 0))
-    if array.ndim == 2:
-        return array.T
-    return array
+from bdpo_jax.models.unet_files import WEIGHTS_NAME, WeightsError, find_unet_dir, weight_files
 
 
 def to_host(array) -> np.ndarray:
@@ -87,17 +53,9 @@ ShardingFor = Callable[[tuple[int, ...]], jax.sharding.Sharding]
 
 
 def check_shapes(abstract_params: nnx.State, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Every missing key, unexpected key and shape mismatch, reported at once."""
-    expected = {diffusers_key(path): variable for path, variable in nnx.to_flat_state(abstract_params)}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    mismatched = []
-    for key in sorted(set(expected) & set(shapes)):
-        want = diffusers_shape(expected[key].shape)
-        if tuple(shapes[key]) != want:
-            mismatched.append(f"{key}: file {tuple(shapes[key])}, model {want}")
-    if missing or unexpected or mismatched:
-        raise WeightsError(_report(missing, unexpected, mismatched))
+    """Every missing key, unexpected key and shape mismatch, reported at once (``WeightsError``)."""
+    expected = {diffusers_key(path): variable.shape for path, variable in nnx.to_flat_state(abstract_params)}
+    check_names_and_shapes(expected, shapes)
 
 
 def fill_state(
@@ -149,76 +107,6 @@ def load_params(
     check_shapes(abstract_params, read_shapes(files))
     with SafetensorsReader(files) as reader:
         return fill_params(abstract_params, reader.read, sharding_for)
-
-
-def _report(missing: list[str], unexpected: list[str], mismatched: list[str], show: int = 20) -> str:
-    lines = ["UNet weights do not match the UNet config:"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if items:
-            more = f"... and {len(items) - show} more" if len(items) > show else ""
-            lines.append(f"  {len(items)} {title}:")
-            lines.extend(f"    {item}" for item in items[:show])
-            if more:
-                lines.append(f"    {more}")
-    lines.append("Check that config.json and the weights come from the same model.")
-    return "\n".join(lines)
-
-
-def find_unet_dir(path: str | os.PathLike) -> Path:
-    """A UNet directory, or a pipeline directory whose ``unet/`` is taken."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"UNet path {path} is not a directory (expected a diffusers UNet or pipeline).")
-    if (path / "unet" / "config.json").is_file():
-        return path / "unet"
-    if (path / "config.json").is_file():
-        return path
-    raise FileNotFoundError(
-        f"{path} holds neither config.json (a diffusers UNet directory) nor unet/config.json "
-        "(a diffusers pipeline directory)."
-    )
-
-
-def weight_files(unet_dir: Path, variant: str | None = None) -> dict[str, Path]:
-    """Maps each tensor name to its safetensors file: one file or an index of shards."""
-    suffix = f".{variant}" if variant else ""
-    single = unet_dir / f"{WEIGHTS_NAME}{suffix}.safetensors"
-    # diffusers writes a variant's index as diffusion_pytorch_model.safetensors.index.fp16.json
-    index_names = [f"{WEIGHTS_NAME}.safetensors.index{suffix}.json"]
-    if single.is_file():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(single, framework="numpy") as f:
-                return dict.fromkeys(f.keys(), single)
-        except Exception as e:  # safetensors raises its own error types, and OSError
-            raise WeightsError(f"cannot read weights file {single}: {e}. Download or convert it again.") from e
-    for name in index_names:
-        index = unet_dir / name
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = {key: unet_dir / shard for key, shard in weight_map.items()}
-            absent = sorted({str(f) for f in files.values() if not f.is_file()})
-            if absent:
-                raise FileNotFoundError(f"{index} names shards that are not there: {absent}")
-            return files
-    present = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
-    variants = sorted({m.group(1) or m.group(2) for name in present if (m := _VARIANT_FILE.match(name))})
-    hint = ""
-    if variants and variant is None:
-        hint = f" This directory has the variant(s) {variants}: pass variant={variants[0]!r}."
-    elif any(name.endswith(".bin") for name in present):
-        hint = (
-            " Only PyTorch .bin weights are there; re-save them as safetensors "
-            "(diffusers: UNet2DConditionModel.from_pretrained(dir).save_pretrained(dir))."
-        )
-    raise FileNotFoundError(f"No {single.name} (or sharded index) in {unet_dir}; found {present}.{hint}")
-
-
-# diffusion_pytorch_model.fp16.safetensors, ...fp16-00001-of-00002.safetensors, ...safetensors.index.fp16.json
-_VARIANT_FILE = re.compile(
-    rf"^{WEIGHTS_NAME}(?:\.(\w+?)(?:-\d+-of-\d+)?\.safetensors|\.safetensors\.index\.(\w+)\.json)$"
-)
 
 
 class SafetensorsReader:

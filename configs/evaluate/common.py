@@ -3,11 +3,17 @@ the prompt sets, the scorers and the sampler's defaults.
 
 Models come from the command line (``--config.models.NAME=DIR``, in order) or,
 from Python, ``config.models.NAME = DIR`` in order. Models, prompt sets and
-scorers keep the order they are given in: it is the tables' order.
+scorers keep the order they are given in: it is the tables' order. Locked
+(``configs/lock.py``) but for ``OPEN_MAPS``; each prompt set has the keys of
+``prompt_set``.
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from configs.lock import locked
+
+OPEN_MAPS = ("models", "prompts", "scorers")  # filled by config files and users, in order
 
 
 def ordered() -> ml_collections.ConfigDict:
@@ -24,7 +30,7 @@ def prompt_set(kind: str, **values) -> ml_collections.ConfigDict:
     spec.limit = placeholder(int)  # a fixed random subset of this many prompts
     spec.sample_seed = 0
     spec.prompts = placeholder(tuple)  # inline
-    spec.update(values)
+    spec.lock().update(values)
     return spec
 
 
@@ -65,4 +71,4 @@ def base_config() -> ml_collections.ConfigDict:
     config.grid.seed = 0  # which prompts
     config.grid.image_index = 0  # which of the N images (the same seed in every column)
     config.grid.cell_size = 256
-    return config
+    return locked(config, OPEN_MAPS)

@@ -19,11 +19,12 @@ from configs.preprocess import paper as preprocess_paper
 
 PAPER_METRICS = ("hpsv2", "clip", "pickscore", "aesthetic")
 GUIDANCE = {"sd15": 7.5, "sd21": 7.5, "sdxl": 5.0}
+VARIANTS = preprocess_paper.VARIANTS
 
 
 def get_config(model: str = "sd15") -> ml_collections.ConfigDict:
-    if model not in GUIDANCE:
-        raise ValueError(f"model {model!r}: choose one of {sorted(GUIDANCE)}")
+    if model not in VARIANTS:
+        raise ValueError(f"model {model!r}: choose one of {VARIANTS}")
     config = base_config()
     config.resolution = preprocess_paper.RESOLUTION[model]
     config.sampler.guidance_scale = GUIDANCE[model]

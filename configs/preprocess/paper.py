@@ -19,11 +19,12 @@ from ml_collections.config_dict import placeholder
 from configs.preprocess.common import base_config
 
 RESOLUTION = {"sd15": 512, "sd21": 768, "sdxl": 1024}
+VARIANTS = tuple(RESOLUTION)
 
 
 def get_config(model: str = "sd15") -> ml_collections.ConfigDict:
-    if model not in RESOLUTION:
-        raise ValueError(f"model {model!r}: choose one of {sorted(RESOLUTION)}")
+    if model not in VARIANTS:
+        raise ValueError(f"model {model!r}: choose one of {VARIANTS}")
     config = base_config()
     config.source = "hf://yuvalkirstain/pickapic_v2"
     config.resolution = RESOLUTION[model]

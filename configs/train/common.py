@@ -1,7 +1,9 @@
-"""Settings every train config shares."""
+"""Settings every train config shares; locked (``configs/lock.py``): a config file sets only these keys."""
 
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from configs.lock import locked
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -66,4 +68,4 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.prefetch = 2  # batches built ahead on a background thread
 
     config.log_every = 25  # metrics are read from the device one step late, every this many steps
-    return config
+    return locked(config)

@@ -9,6 +9,8 @@ import ml_collections
 
 from configs.train import paper
 
+VARIANTS = paper.VARIANTS
+
 
 def get_config(model: str = "sd15") -> ml_collections.ConfigDict:
     config = paper.get_config(model)

@@ -31,8 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from bdpo_jax import storage
+from bdpo_jax import records, storage
 from bdpo_jax.errors import UserError
+from bdpo_jax.records import ABSENT
 
 Location = Path | str  # a local path, or a URL in object storage
 
@@ -82,17 +83,18 @@ class OutputDir:
         """Merges ``job`` into manifest.json; refuses where it contradicts what is there."""
         previous = storage.read_json(self.manifest) if storage.exists(self.manifest) else {}
         job = json.loads(json.dumps(job))  # tuples -> lists, as stored
-        if previous.get("generation", job["generation"]) != job["generation"]:
-            differing = sorted(k for k in job["generation"] if previous["generation"].get(k) != job["generation"][k])
+        if differing := records.changes(
+            previous.get("generation", job["generation"]), job["generation"], absent=ABSENT
+        ):
             raise OutputMismatchError(
-                f"{self.root} holds images made with other generation settings (differing: {differing}); "
+                f"{self.root} holds images made with other generation settings (differing: {sorted(differing)}); "
                 "use a new output_dir, or the settings in its manifest.json"
             )
         merged = {**previous, **job}
         for section in CHECKED_SECTIONS:
             before, now = previous.get(section, {}), job.get(section, {})
             for name in before.keys() & now.keys():
-                if before[name] != now[name]:
+                if records.changes(before[name], now[name], absent=ABSENT):
                     raise OutputMismatchError(
                         f"{self.root} holds {section} entry {name!r} made otherwise: was {before[name]}, now "
                         f"{now[name]}. Give it another name, use a new output_dir, or delete its files there"

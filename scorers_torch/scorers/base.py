@@ -76,7 +76,7 @@ def build_scorer(name: str, device: str | None = None, **kwargs: Any) -> Scorer:
 
 
 def _import_builtin_scorers() -> None:
-    from scorers_torch.scorers import clip_scorers, programmatic, world  # noqa: F401  (registration)
+    from scorers_torch.scorers import clip_scorers, world  # noqa: F401  (registration)
 
 
 HUB_PREFIX = "hf://"

@@ -1,7 +1,7 @@
 """The paper's four scorers: HPSv2, CLIP score and LAION aesthetic on open_clip,
-PickScore on transformers' CLIPModel. Weights come from local paths only
-(download them once where a hub is reachable); tests build tiny models of the
-same classes.
+PickScore on transformers' CLIPModel. Weights come from local paths, or from
+the hub (``hf://org/repo/file``) where it is reachable (``require_file``);
+tests build tiny models of the same classes.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def test_two_tasks_train_as_one_process(cluster, tiny_cache, reference_run, tmp_
 def test_preprocessing_array_makes_the_same_cache(cluster, tiny_cache, tmp_path):
     """Two array tasks, worker 0 and 1 of 2, write the cache one process wrote."""
     out = tmp_path / "cache"
-    job = ["--config", "configs/preprocess/demo.py", f"--config.source={tiny_cache.parent / 'pairs.parquet'}"]
+    job = ["--config", "configs/preprocess/tiny.py", f"--config.source={tiny_cache.parent / 'pairs.parquet'}"]
     job += [f"--config.base_model={tiny_cache.parent / 'pipeline'}", f"--config.output_dir={out}"]
     submit(cluster, tmp_path, ["preprocess", "--array", "2", "--cpu"], [*job, "--config.shard_size=16"])
     manifest, expected = cache_format.read_manifest(out), cache_format.read_manifest(tiny_cache)

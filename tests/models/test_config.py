@@ -4,8 +4,8 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from flax import nnx
 
 from bdpo_jax.models import UNetConfig, UnsupportedConfigError, abstract_unet
+from bdpo_jax.models.diffusers_layout import diffusers_key, diffusers_shape
 from bdpo_jax.models.presets import preset_names, unet_preset
-from bdpo_jax.models.weights import diffusers_key, diffusers_shape
 
 
 def test_sd15_reads_heads_from_attention_head_dim():

@@ -17,7 +17,7 @@ from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, params_from
 from bdpo_jax.models.lora import LoRAConfigError, LoRASpec
 from bdpo_jax.models.lora_weights import adapters_from_lora_state_dict, init_adapters, merge_adapters
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.parity import random_diffusers_unet, random_inputs, torch_forward
+from bench.parity import random_diffusers_unet, random_inputs, torch_forward
 
 TOLERANCE = 1e-5
 

@@ -9,7 +9,7 @@ tanh-approximate GELU (4e-5) or a GroupNorm eps of 1e-5 for 1e-6 (2e-5) passes.
 import pytest
 
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.parity import check_roundtrip, random_diffusers_unet
+from bench.parity import check_roundtrip, random_diffusers_unet
 
 TOLERANCE = 1e-5
 

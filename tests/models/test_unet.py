@@ -9,7 +9,7 @@ from flax import nnx
 from bdpo_jax.models import ModelOptions, UNet2DConditionModel, UNetConfig, random_unet
 from bdpo_jax.models.options import resolve_attention
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.parity import jax_forward, random_inputs
+from bench.parity import jax_forward, random_inputs
 
 # The smallest UNet with every kind of part (SDXL's added embedding, attention
 # and plain blocks, resamplers): compiling its backward pass is what costs here.

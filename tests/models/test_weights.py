@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from bdpo_jax.models import UNetConfig, WeightsError, abstract_unet, load_unet, read_unet
 from bdpo_jax.models.presets import unet_preset
 from bdpo_jax.models.weights import diffusers_state_dict, params_from_diffusers
-from bdpo_jax.parity import random_diffusers_unet
+from bench.parity import random_diffusers_unet
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from bdpo_jax import cache as cache_format
-from configs.preprocess import demo
+from configs.preprocess import tiny as preprocess_tiny
 from scorers_torch import preprocess
 from scorers_torch.encoders import BaseModelEncoders
 from scorers_torch.pickapic import PreferenceSource, SourceError, decode_image
 from scorers_torch.scorers import build_scorer
-from scorers_torch.synthetic import make_preference_parquet
+from scorers_torch.testing import make_preference_parquet
 from scorers_torch.votes import majority_vote
 
 CORRUPT, EMPTY, HUMAN_TIE = (3, 11), (5,), (7,)
@@ -31,7 +31,7 @@ def parquet(tmp_path_factory):
 
 
 def make_config(parquet, pipeline, output, scorers=None, **overrides):
-    config = demo.get_config()
+    config = preprocess_tiny.get_config()
     config.source = str(parquet)
     config.base_model = str(pipeline)
     config.output_dir = str(output)
@@ -53,8 +53,8 @@ def all_arrays(output):
 
 
 @pytest.fixture(scope="module")
-def demo_cache(parquet, tiny_pipeline, tmp_path_factory):
-    output = tmp_path_factory.mktemp("cache") / "demo"
+def scored_cache(parquet, tiny_pipeline, tmp_path_factory):
+    output = tmp_path_factory.mktemp("cache") / "scored"
     manifest = preprocess.run(make_config(parquet, tiny_pipeline, output))
     return output, manifest
 
@@ -97,14 +97,14 @@ def test_paper_scorers_end_to_end(parquet, tiny_pipeline, tiny_weights, tmp_path
     assert [shard["captions"][i] for i in shard["caption_id"]] == [p.caption for p in pairs]
 
 
-def test_empty_prompt_is_cached(demo_cache, tiny_pipeline):
-    output, _ = demo_cache
+def test_empty_prompt_is_cached(scored_cache, tiny_pipeline):
+    output, _ = scored_cache
     empty = np.load(output / "empty_prompt" / "text_states.npy")
     np.testing.assert_array_equal(empty, BaseModelEncoders(tiny_pipeline).encode_text([""])[0])
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(demo_cache, parquet, tiny_pipeline, tmp_path, monkeypatch):
-    output, manifest = demo_cache
+def test_interrupted_then_resumed_equals_uninterrupted(scored_cache, parquet, tiny_pipeline, tmp_path, monkeypatch):
+    output, manifest = scored_cache
     config = make_config(parquet, tiny_pipeline, tmp_path / "cache")
     real_write = cache_format.write_arrays
     written = []
@@ -134,8 +134,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(demo_cache, parquet, tiny
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
 
 
-def test_two_workers_make_the_same_cache(demo_cache, parquet, tiny_pipeline, tmp_path):
-    output, manifest = demo_cache
+def test_two_workers_make_the_same_cache(scored_cache, parquet, tiny_pipeline, tmp_path):
+    output, manifest = scored_cache
     first = preprocess.run(make_config(parquet, tiny_pipeline, tmp_path / "c", worker_index=0, num_workers=2))
     assert first is None  # shard 1 belongs to the other worker
     assert cache_format.completed_shards(tmp_path / "c") == {0, 2}
@@ -146,8 +146,8 @@ def test_two_workers_make_the_same_cache(demo_cache, parquet, tiny_pipeline, tmp
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
 
 
-def test_resume_with_other_settings_is_refused(demo_cache, parquet, tiny_pipeline):
-    output, _ = demo_cache
+def test_resume_with_other_settings_is_refused(scored_cache, parquet, tiny_pipeline):
+    output, _ = scored_cache
     config = make_config(parquet, tiny_pipeline, output, scorers={"brightness": {}})
     with pytest.raises(cache_format.CacheError, match=r"other settings \(differing: \['scorers'\]\)"):
         preprocess.run(config)
@@ -200,7 +200,7 @@ def test_mirror_column_names(parquet, tmp_path):
 
 
 def test_command_line(parquet, tiny_pipeline, tmp_path):
-    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/demo.py"]
+    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/tiny.py"]
     args = [f"--config.source={parquet}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
     done = subprocess.run([*base, *args, "--config.shard_size=10"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -18,11 +18,11 @@ from PIL import Image
 from bdpo_jax import cache as cache_format
 from bdpo_jax import storage
 from bdpo_jax.errors import UserError
-from configs.preprocess import demo
+from configs.preprocess import tiny as preprocess_tiny
 from scorers_torch import preprocess
 from scorers_torch.encoders import BaseModelEncoders
 from scorers_torch.pickapic import PreferenceSource, SourceError, decode_image
-from scorers_torch.synthetic import make_preference_parquet
+from scorers_torch.testing import make_preference_parquet
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def source(tmp_path_factory):
 
 
 def make_config(source, pipeline, output, **overrides):
-    config = demo.get_config()
+    config = preprocess_tiny.get_config()
     config.source, config.base_model, config.output_dir = str(source), str(pipeline), str(output)
     config.shard_size, config.batch_size = 4, 4
     config.update(overrides)
@@ -272,7 +272,7 @@ def test_an_unwritable_output_is_named(source, tiny_pipeline, tmp_path):
 
 
 def test_command_line_errors_are_one_line(source, tiny_pipeline, tmp_path):
-    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/demo.py"]
+    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/tiny.py"]
     args = [f"--config.source={source}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
     done = subprocess.run([*base, *args, "--config.shard_size=0"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from scorers_torch.scorers import Scorer, build_scorer, register_scorer, registered_scorers
-from scorers_torch.synthetic import COLOURS, render
+from scorers_torch.testing import COLOURS, render
 
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD)[:, None, None]

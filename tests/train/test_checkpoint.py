@@ -256,6 +256,14 @@ def test_command_line(tiny_cache, tmp_path):
     assert not_a_dir.returncode == 2 and "choose a writable --workdir" in not_a_dir.stderr, not_a_dir.stderr
 
 
+def test_checkpoints_go_only_where_orbax_writes():
+    for workdir in ("/runs/a", "runs/a", "gs://bucket/runs/a", "file:///runs/a"):
+        assert checkpoints.checkpoint_location_problem(workdir) is None, workdir
+    with pytest.raises(checkpoints.CheckpointLocationError, match=r"workdir s3://b/run: orbax .* not s3://"):
+        checkpoints.check_checkpoint_location("s3://b/run")
+    assert "memory://" in checkpoints.checkpoint_location_problem("memory://run")
+
+
 def test_a_run_in_a_gcs_workdir_resumes_and_exports(tiny_cache, reference_run, gcs_bucket, monkeypatch):
     """A gs:// workdir on the GCS stand-in, through the code path of a real bucket: the lock, the config and
     base records, metrics, TensorBoard events and orbax checkpoints go into the bucket; a held lock refuses a
@@ -263,7 +271,7 @@ def test_a_run_in_a_gcs_workdir_resumes_and_exports(tiny_cache, reference_run, g
     bit, every step logged once; export reads its checkpoint; a changed object is found by the checksum record."""
     from bdpo_jax import storage
 
-    with pytest.raises(storage.StorageLocationError, match=r"not s3://; .* mount the bucket"):  # before it loads
+    with pytest.raises(checkpoints.CheckpointLocationError, match=r"not s3://; .* mount the bucket"):  # before it loads
         train_module.train(run_config(tiny_cache), "s3://bucket/run")
     workdir = f"gs://{gcs_bucket}/run"
     lock = storage.join(workdir, workdir_module.LOCK_NAME)

@@ -132,7 +132,7 @@ def test_export_adapters_for_diffusers_and_merged(refreshed, resumed, tmp_path):
 
     from bdpo_jax.export import export_lora, export_pipeline
     from bdpo_jax.models import ModelOptions, abstract_unet
-    from bdpo_jax.parity import random_inputs, torch_forward
+    from bench.parity import random_inputs, torch_forward
 
     _, (trainer, base_params, _, _) = refreshed
     workdir, state = resumed

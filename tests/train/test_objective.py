@@ -8,10 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bdpo_jax.labels import LabelSource, LabelSourceError, pair_labels, pair_signs
+from bdpo_jax.labels import LabelSource, LabelSourceError, pair_label, pair_signs
 from bdpo_jax.objective import dpo_loss, per_sample_mse, sft_loss
 
 BETA = 5000.0
+
+
+def pair_labels(batch, source, rng):
+    """s per pair: which image the source prefers."""
+    return pair_label(*pair_signs(batch, source, rng))
 
 
 def reference_loss(model_pred, ref_pred, target, beta):

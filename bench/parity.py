@@ -1,7 +1,7 @@
 """Our Flax UNet against diffusers' PyTorch UNet, on the same weights and inputs.
 
-    python -m bdpo_jax.parity                        # tiny SD1, SD2 and SDXL UNets, random weights
-    python -m bdpo_jax.parity --unet /path/to/sd15   # a real diffusers UNet or pipeline directory
+    python -m bench.parity                        # tiny SD1, SD2 and SDXL UNets, random weights
+    python -m bench.parity --unet /path/to/sd15   # a real diffusers UNet or pipeline directory
 
 For each UNet: diffusers' ``save_pretrained`` -> our importer -> both forwards on
 the same random inputs -> our exporter -> diffusers' ``from_pretrained`` -> the
@@ -21,21 +21,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import torch
 from absl import app, flags
+from diffusers import UNet2DConditionModel as TorchUNet
 from flax import nnx
 
 from bdpo_jax.models import ModelOptions, UNet2DConditionModel, UNetConfig, load_unet, save_unet
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.models.weights import find_unet_dir
-
-try:
-    import torch
-    from diffusers import UNet2DConditionModel as TorchUNet
-except ImportError as e:  # the JAX-only install
-    raise ImportError(
-        "bdpo_jax.parity compares against diffusers' PyTorch UNet and needs torch and diffusers: "
-        "pip install 'bdpo[dev]'"
-    ) from e
+from bdpo_jax.models.unet_files import find_unet_dir
 
 
 def random_diffusers_unet(config: Mapping[str, Any], seed: int = 0) -> TorchUNet:

@@ -1,9 +1,11 @@
-"""The built-in demo: procedurally rendered pairs labelled by three weight-free
-scorers on different scales (saturation 0-1, brightness 0-255, prompt match
-0-10); three voters never tie."""
+"""A CPU-sized labelling for the tests and benches: procedural pairs
+(``scorers_torch.testing``) labelled by its three weight-free scorers on
+different scales (saturation 0-1, brightness 0-255, prompt match 0-10); three
+voters never tie."""
 
 import ml_collections
 
+import scorers_torch.testing  # noqa: F401  (registers the three scorers)
 from configs.preprocess.common import base_config
 
 
