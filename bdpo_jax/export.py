@@ -21,11 +21,11 @@ import tempfile
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 
-from bdpo_jax import checkpoints, storage
-from bdpo_jax.errors import UserError, main_with_clear_errors
+from bdpo_jax import checkpoints, errors, storage
+from bdpo_jax.errors import UserError
 from bdpo_jax.models import UNetConfig, abstract_unet, load_params, save_unet
 from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import adapted_paths, merge_adapters, save_lora_weights
@@ -176,4 +176,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "The new pipeline directory.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main_with_clear_errors(main))
+    errors.run(main)

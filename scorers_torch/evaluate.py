@@ -36,12 +36,12 @@ from typing import Any
 
 import ml_collections
 import pyarrow as pa
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bdpo_jax import storage
-from bdpo_jax.errors import UserError, main_with_clear_errors
+from bdpo_jax import errors, storage
+from bdpo_jax.errors import UserError
 from scorers_torch.evaluation import pictures, report, stats
 from scorers_torch.evaluation.blocks import batches_to_make, block_rows, plan
 from scorers_torch.evaluation.generate import (
@@ -334,4 +334,4 @@ if __name__ == "__main__":  # flags are defined here, so that importing this mod
     sys.argv, MODEL_FLAGS[:] = split_model_flags(sys.argv)  # before config_flags reads sys.argv
     config_flags.DEFINE_config_file("config", None, "A configs/evaluate/*.py file.", lock_config=True)
     flags.mark_flag_as_required("config")
-    app.run(main_with_clear_errors(main))
+    errors.run(main)
