@@ -31,6 +31,7 @@ import functools
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import traceback
@@ -100,7 +101,10 @@ _QUOTED_PATH = re.compile(r"\"(/[^\"]+)\"")
 def disk_problem(error: BaseException) -> str | None:
     """What the disk refused and what to do, for an OS error on the user's storage."""
     code, where = None, None
-    if isinstance(error, OSError):
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        _, where, why = error.args[0][0]  # copytree lists (source, destination, "[Errno N] ...") per file
+        code = int(match[1]) if (match := re.match(r"\[Errno (\d+)\]", str(why))) else None
+    elif isinstance(error, OSError):
         code, where = error.errno, error.filename
     elif match := _TENSORSTORE_OS_ERROR.search(str(error)):
         code = int(match[1])

@@ -188,7 +188,7 @@ def test_export_loads_in_diffusers_and_generates(reference_run, tmp_path):
     from diffusers import DiffusionPipeline
     from flax import nnx
 
-    from bdpo_jax.export import export_is_current, export_pipeline
+    from bdpo_jax.export import ExportError, export_is_current, export_pipeline
     from bdpo_jax.models import UNetConfig, abstract_unet, diffusers_state_dict
 
     workdir, state = reference_run
@@ -212,9 +212,9 @@ def test_export_loads_in_diffusers_and_generates(reference_run, tmp_path):
     generator = torch.manual_seed(0)
     images = pipeline("a red circle", num_inference_steps=2, height=64, width=64, output_type="np", generator=generator)
     assert images.images.shape == (1, 64, 64, 3) and np.isfinite(images.images).all()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ExportError, match="exists: export writes a new directory"):
         export_pipeline(workdir, base, out)
-    with pytest.raises(ValueError, match="no checkpoint of step 3"):
+    with pytest.raises(ExportError, match=r"no checkpoint of step 3 .*there are \[2, 4\]: give --step one of them"):
         export_pipeline(workdir, base, tmp_path / "other", step=3)
 
 
