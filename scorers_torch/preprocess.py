@@ -292,7 +292,8 @@ def finalize(output: str, job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-    """The whole job for this worker; returns the manifest if this worker finished the cache."""
+    """The whole job for this worker; returns the manifest if this worker finished the cache (or found it
+    finished: then it writes nothing)."""
     check_settings(config)
     output = config.output_dir
     output = os.path.expanduser(output) if storage.is_local(output) else output
@@ -307,6 +308,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     for folder in (output, storage.join(output, "shards")):
         for name in storage.remove_stale_temporaries(folder):
             logging.info("removed %s, left by a writer that died", storage.join(folder, name))
+    manifest_path = storage.join(output, "manifest.json")
+    if storage.exists(manifest_path):  # finished: nothing to write (the output may be read-only by now)
+        logging.info("the cache in %s is complete: nothing to do", output)
+        return storage.read_json(manifest_path)
     if worker == 0:
         write_empty_prompt(output, encoders)
 

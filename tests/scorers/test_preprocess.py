@@ -146,6 +146,27 @@ def test_two_workers_make_the_same_cache(demo_cache, parquet, tiny_pipeline, tmp
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
 
 
+def test_a_finished_job_run_again_writes_nothing(demo_cache, parquet, tiny_pipeline, monkeypatch):
+    """Its output may be read-only by now: a write would fail there (as root a chmod does not stop one, so
+    every writer is made to fail as a read-only disk would), and nothing on disk changes."""
+    from bdpo_jax import storage
+
+    output, manifest = demo_cache
+    files = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(output.rglob("*"))}
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", str(args[0]))
+
+    for writer in ("write_bytes", "atomic_directory", "remove", "rename"):
+        monkeypatch.setattr(storage, writer, read_only)
+    os.chmod(output, 0o555)  # read-only where the tests do not run as root
+    try:
+        assert preprocess.run(make_config(parquet, tiny_pipeline, output)) == manifest
+    finally:
+        os.chmod(output, 0o755)
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(output.rglob("*"))} == files
+
+
 def test_resume_with_other_settings_is_refused(demo_cache, parquet, tiny_pipeline):
     output, _ = demo_cache
     config = make_config(parquet, tiny_pipeline, output, scorers={"brightness": {}})

@@ -21,7 +21,7 @@ from bdpo_jax.errors import UserError
 from configs.preprocess import demo
 from scorers_torch import preprocess
 from scorers_torch.encoders import BaseModelEncoders
-from scorers_torch.pickapic import PreferenceSource, SourceError, decode_image
+from scorers_torch.pickapic import PreferenceSource, SourceError, TableError, decode_image
 from scorers_torch.synthetic import make_preference_parquet
 
 
@@ -89,6 +89,29 @@ def test_bad_labels_and_captions_are_rejected_and_listed(source, tiny_pipeline, 
     assert "label_0 + label_1 = 2" in rejects[3]
     assert "caption is not UTF-8 text" in rejects[4]
     assert manifest["counts"]["rejected"] == 5 and manifest["counts"]["pairs"] == 3
+
+
+def test_rows_all_rejected(source, tiny_pipeline, tmp_path):
+    """A shard whose rows were all rejected is written in the cache's shapes (the trainer read the cache as
+    damaged); a cache with no usable pair says so and points at rejects.jsonl (it said: damaged, remake it)."""
+    from bdpo_jax.data import CacheDataset
+
+    table = pq.read_table(source).to_pydict()
+    table["label_0"] = [0.3] * 4 + table["label_0"][4:]  # shard 0 (rows 0-3) all rejected
+    pq.write_table(pa.table(table), tmp_path / "half.parquet")
+    preprocess.run(make_config(tmp_path / "half.parquet", tiny_pipeline, tmp_path / "half"))
+    assert len(CacheDataset(tmp_path / "half")) == 4
+    table["label_0"] = [0.3] * 8
+    pq.write_table(pa.table(table), tmp_path / "none.parquet")
+    assert (
+        preprocess.run(make_config(tmp_path / "none.parquet", tiny_pipeline, tmp_path / "none"))["counts"]["pairs"] == 0
+    )
+    with pytest.raises(
+        cache_format.CacheError,
+        match=r"no usable pairs: preprocessing rejected 8 of its 8 source rows "
+        r"\(each with its reason in .*none/rejects.jsonl\)",
+    ):
+        CacheDataset(tmp_path / "none")
 
 
 class FakeEncoders:
@@ -262,6 +285,22 @@ def test_a_relative_path_that_does_not_exist_is_a_missing_path(tmp_path, monkeyp
         PreferenceSource("data/pairs")
     with pytest.raises(SourceError, match=r"hf://org/name"):
         PreferenceSource("org/name")
+
+
+def test_a_cut_short_source_file_is_named(source, tmp_path):
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(source.read_bytes()[:5000])
+    with pytest.raises(TableError, match=r"cut.parquet cannot be read \(.*magic bytes not found.*\): .*fetch it again"):
+        PreferenceSource(cut)
+    saved = tmp_path / "saved"  # datasets' save_to_disk: arrow streams
+    saved.mkdir()
+    table = pq.read_table(source)
+    with pa.ipc.new_stream(str(saved / "data-00000-of-00001.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    stream = saved / "data-00000-of-00001.arrow"
+    stream.write_bytes(stream.read_bytes()[:20000])
+    with pytest.raises(TableError, match=r"data-00000-of-00001.arrow cannot be read \(Expected to be able to read"):
+        PreferenceSource(saved)
 
 
 def test_an_unwritable_output_is_named(source, tiny_pipeline, tmp_path):
