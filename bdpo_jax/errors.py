@@ -19,9 +19,14 @@ exit status 2, and a signal with 128 + its number, never with a traceback:
 Anything else is a bug and keeps its traceback. ``BDPO_DEBUG=1`` in the
 environment (or ``-v 1``) prints the traceback of the above too, with the same
 exit status. Libraries' error logs keep their first line (orbax logs a
-traceback per failed write of a checkpoint on a full disk) unless debugging.
-Imports only the standard library and absl, so that the JAX and the torch side
-both use it.
+traceback per failed write of a checkpoint on a full disk) unless debugging,
+and open progress bars end their line before the error's. Imports only the
+standard library and absl (tqdm where the command loaded it), so that the JAX
+and the torch side both use it.
+
+A command's main alone (``app.run(main_with_clear_errors(main))``) gets the
+boundary around ``main`` but absl's own handling of the command line: use
+``run``.
 """
 
 from __future__ import annotations
@@ -133,10 +138,20 @@ def debugging() -> bool:
 
 
 def _exit(status: int, line: str) -> NoReturn:
+    _close_progress_bars()
     if debugging():
         traceback.print_exc()
     print(line, file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _close_progress_bars() -> None:
+    """tqdm's open bars end their line, so that the error starts one of its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -19,7 +19,9 @@ block k belongs to worker ``k % num_workers``, as in preprocessing. Images are
 saved as they are made and a block's scores are written whole, so a killed run,
 run again, skips what is on disk. The worker that finds every block done writes
 scores.parquet, the tables and the pictures; with every image and score on
-disk, a run with other comparisons only recomputes the tables.
+disk, a run with other comparisons only recomputes the tables. A second
+evaluation into an output folder that one is writing is refused, naming it
+(``evaluate-worker-K.lock``, one per worker, as a train workdir's lock).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tqdm import tqdm
 
 from bdpo_jax import errors, storage
 from bdpo_jax.errors import UserError
+from bdpo_jax.workdir import acquire_lock, release_lock
 from scorers_torch.evaluation import pictures, report, stats
 from scorers_torch.evaluation.blocks import batches_to_make, block_rows, plan
 from scorers_torch.evaluation.generate import (
@@ -163,17 +166,24 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 def run(config: ml_collections.ConfigDict) -> Results | None:
-    """This worker's share of the evaluation; the tables once every block is done (None before)."""
+    """This worker's share of the evaluation; the tables once every block is done (None before). One
+    evaluation's worker k at a time per output folder: a second would redo the same work beside it."""
     check_config(config)
-    with torch_threads(config.cpu_threads):
-        return _run(config)
+    worker, num_workers = worker_from_env(config)
+    lock = acquire_lock(
+        OutputDir(config.output_dir).root, f"evaluate-worker-{worker}.lock", "evaluation", "--config.output_dir"
+    )
+    try:
+        with torch_threads(config.cpu_threads):
+            return _run(config, worker, num_workers)
+    finally:
+        release_lock(lock)
 
 
-def _run(config: ml_collections.ConfigDict) -> Results | None:
+def _run(config: ml_collections.ConfigDict, worker: int, num_workers: int) -> Results | None:
     import torch
 
     out = OutputDir(config.output_dir)
-    worker, num_workers = worker_from_env(config)
     device = torch.device(worker_device(config) or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(config.dtype, device)
 

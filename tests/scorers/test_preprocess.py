@@ -9,6 +9,7 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from command_line import one_error_line, run_command
 
 from bdpo_jax import cache as cache_format
 from configs.preprocess import demo
@@ -220,15 +221,15 @@ def test_mirror_column_names(parquet, tmp_path):
         PreferenceSource(mirror, columns={"jpg_2": "image_c"})
 
 
-def test_command_line(parquet, tiny_pipeline, tmp_path):
+def test_command_line(parquet, tiny_pipeline, tmp_path, capfd):
     base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/demo.py"]
     args = [f"--config.source={parquet}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
     done = subprocess.run([*base, *args, "--config.shard_size=10"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["pairs"] == 16
     assert "pairs_per_s" in done.stderr  # the progress bar
-    bad = subprocess.run([*base, *args, "--config.shard_sise=10"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "shard_sise" in bad.stderr
+    assert run_command(*base[2:], *args, "--config.shard_sise=10") == 2  # in this process: refused before loading
+    assert "--config.shard_sise=10: the config has no key 'shard_sise'" in one_error_line(capfd.readouterr().err)
 
 
 @pytest.mark.parametrize("model", ["sd15", "sd21", "sdxl"])

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from command_line import one_error_line, run_command
 from PIL import Image
 
 from bdpo_jax import cache as cache_format
@@ -310,13 +311,34 @@ def test_an_unwritable_output_is_named(source, tiny_pipeline, tmp_path):
         preprocess.run(make_config(source, tiny_pipeline, blocker / "out"))
 
 
-def test_command_line_errors_are_one_line(source, tiny_pipeline, tmp_path):
-    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/demo.py"]
+def test_command_line_errors_are_one_line(source, tiny_pipeline, tmp_path, capfd):
     args = [f"--config.source={source}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
-    done = subprocess.run([*base, *args, "--config.shard_size=0"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    assert "error: " in done.stderr and "shard_size 0 must be at least 1" in done.stderr
+    config = "--config=configs/preprocess/demo.py"
+    assert run_command("scorers_torch.preprocess", config, *args, "--config.shard_size=0") == 2
+    assert "shard_size 0 must be at least 1" in one_error_line(capfd.readouterr().err)
+
+
+def test_a_full_disk_is_one_line_and_the_job_resumes(source, tiny_pipeline, tmp_path, monkeypatch, capfd):
+    """The disk fills while shard 1 is written (as fsspec reports it): one line, exit 2, shard 0 kept; run
+    again with space, the job finishes the cache that an uninterrupted run makes."""
+    config = ["--config=configs/preprocess/demo.py", f"--config.source={source}", "--config.shard_size=4"]
+    config += [f"--config.base_model={tiny_pipeline}", "--config.batch_size=4"]
+    real_write = cache_format.write_arrays
+
+    def disk_full_at_shard_1(directory, arrays, extra):
+        if directory.endswith("00001"):
+            raise OSError(28, "No space left on device", f"{directory}/latents_0.npy")
+        return real_write(directory, arrays, extra)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_format, "write_arrays", disk_full_at_shard_1)
+        assert run_command("scorers_torch.preprocess", *config, f"--config.output_dir={tmp_path / 'out'}") == 2
+    line = one_error_line(capfd.readouterr().err)
+    assert line.startswith("error: No space left on device under ") and "run the same command again" in line
+    assert cache_format.completed_shards(tmp_path / "out") == {0}
+    assert run_command("scorers_torch.preprocess", *config, f"--config.output_dir={tmp_path / 'out'}") == 0
+    resumed = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert resumed == preprocess.run(make_config(source, tiny_pipeline, tmp_path / "whole"))
 
 
 def test_a_truncated_weight_file_of_the_base_model_is_named(tiny_pipeline, tmp_path):
