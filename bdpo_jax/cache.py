@@ -177,6 +177,10 @@ def write_arrays(directory: str | os.PathLike, arrays: Mapping[str, np.ndarray],
                     d.write_json(name, value)
     except FileExistsError:  # finished by another writer between the check and the write
         return False
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, os.fspath(directory)) from e  # numpy's writes name no file
     return True
 
 
