@@ -105,7 +105,7 @@ def config_file(tmp_path, name, text):
 
 
 COMMANDS = {
-    "bdpo_jax.train": ("configs/train/tiny.py", "--config.train.betta=1", "--workdir=unused"),
+    "bdpo_jax.train": ("configs/train/tiny.py", "--config.train.betta=1", "--workdir={tmp_path}"),
     "scorers_torch.preprocess": ("configs/preprocess/paper.py:sd15", "--config.shard_sise=10"),
     "scorers_torch.evaluate": ("configs/evaluate/tiny.py", "--config.sampler.num_inferenc_steps=2"),
 }
@@ -116,6 +116,7 @@ def test_config_problems_end_every_command_in_one_line(module, tmp_path, capfd):
     """Before anything loads: an override of a key the config lacks, a file without get_config, a file
     that does not exist or does not parse, a variant get_config refuses, a flag that does not exist."""
     config, override, *rest = COMMANDS[module]
+    rest = [arg.format(tmp_path=tmp_path) for arg in rest]
     no_get_config = config_file(tmp_path, "no_get.py", "import ml_collections\n\ndef config():\n    return 1\n")
     not_python = config_file(tmp_path, "broken.py", "def get_config(:\n")
     cases = [
