@@ -9,7 +9,9 @@ exit status 2, and a signal with 128 + its number, never with a traceback:
 - a ``UserError``: its message;
 - the command line: a flag absl refuses, a config override naming a key the
   config lacks (``--config.train.betta=1``), a config file that is missing,
-  does not parse or defines no ``get_config``;
+  does not parse, defines no ``get_config``, or uses a key its (locked)
+  config lacks (named with its line; any other error of a config file's code
+  keeps its traceback);
 - the disk: full (``ENOSPC``, ``EDQUOT``), read-only (``EROFS``), or a named
   path without permission (``EACCES``, ``EPERM``), also as tensorstore
   (orbax's checkpoints) reports them (``[os_error_code='28']``);
@@ -177,19 +179,30 @@ def command_line_problem(error: Exception, argv: Sequence[str]) -> str | None:
         return _flag_error(str(error))
     if isinstance(error, SyntaxError):  # a config file (or a module it imports) does not parse
         return f"{error.filename}, line {error.lineno}: {error.msg}: correct the config file"
-    if not isinstance(error, KeyError | AttributeError | OSError) or not _raised_by_ml_collections(error):
-        return None  # raised by a config file's own code: a bug there keeps its traceback
+    caller = _ml_collections_caller(error) if isinstance(error, KeyError | AttributeError | OSError) else None
+    if caller is None:
+        return None  # raised by a config file's own code, not through ml_collections: a bug keeps its traceback
+    key_error = error if isinstance(error, KeyError) else error.__context__
+    text = str(key_error.args[0] if isinstance(key_error, KeyError) and key_error.args else error)
+    if caller.filename != __file__:  # a config file's line used a key its (locked) config lacks
+        return f"{caller.filename}, line {caller.lineno}: {_key_problem(text)}: correct the config file"
     config = f"--config={_flag_value(argv, 'config')}"
     if isinstance(error, OSError):  # the file could not be read: ml_collections raises that when it is first used
         return f"{config}: cannot load the config file ({one_line(str(error.__cause__ or error)).rsplit('; ', 1)[-1]})"
     if "get_config" in str(error):
         return f"{config}: the file defines no get_config(); a config file's get_config(arg) returns its config"
-    key_error = error if isinstance(error, KeyError) else error.__context__
-    text = key_error.args[0] if isinstance(key_error, KeyError) and key_error.args else str(error)
-    key, *hint = str(text).splitlines()  # ml_collections: "'betta'\nDid you mean "beta" instead of "betta"?"
-    key = key.strip("'\"")
+    key = text.splitlines()[0].strip("'\"")
     override = next((a for a in argv if key in _override_path(a)), f"an override of {config}")
-    return f"{override}: the config has no key {key!r}{f' ({hint[0]})' if hint else ''}; use one of its keys"
+    return f"{override}: {_key_problem(text)}; use one of its keys"
+
+
+def _key_problem(text: str) -> str:
+    """ml_collections' message of a key a config lacks ("'betta'\nDid you mean "beta" instead of "betta"?",
+    or that a locked config cannot add it, with a dump of the section) in one line."""
+    problem, *hint = re.sub(r'\s*Other fields present: ".*"', "", text).splitlines()
+    if re.fullmatch(r"'[^']*'", problem):
+        problem = f"the config has no key {problem}"
+    return f"{problem}{f' ({hint[0]})' if hint else ''}"
 
 
 def _override_path(arg: str) -> list[str]:
@@ -222,12 +235,15 @@ def _flag_error(message: str) -> str:
     return f"{one_line(message)} (--helpshort lists the flags)"
 
 
-def _raised_by_ml_collections(error: BaseException) -> bool:
-    """Raised in ml_collections' parsing of a config flag (through absl's), not by a config file's own code."""
-    packages = [_package(frame.f_code.co_filename) for frame, _ in traceback.walk_tb(error.__traceback__)]
-    if "ml_collections" not in packages:
-        return False
-    return all(p in ("ml_collections", "absl") for p in packages[packages.index("ml_collections") :])
+def _ml_collections_caller(error: BaseException) -> traceback.FrameSummary | None:
+    """The frame whose call into ml_collections raised ``error``: this module's (ml_collections parsing the
+    command line, through absl) or a config file's line; None where ml_collections did not raise it."""
+    frames = list(traceback.walk_tb(error.__traceback__))
+    packages = [_package(frame.f_code.co_filename) for frame, _ in frames]
+    if packages[-1:] != ["ml_collections"]:
+        return None
+    callers = [i for i, package in enumerate(packages) if package is None]
+    return traceback.StackSummary.extract(frames[callers[-1] : callers[-1] + 1])[0] if callers else None
 
 
 def _package(filename: str) -> str | None:

@@ -119,18 +119,31 @@ def test_config_problems_end_every_command_in_one_line(module, tmp_path, capfd):
     rest = [arg.format(tmp_path=tmp_path) for arg in rest]
     no_get_config = config_file(tmp_path, "no_get.py", "import ml_collections\n\ndef config():\n    return 1\n")
     not_python = config_file(tmp_path, "broken.py", "def get_config(:\n")
+    misspelt = config_file(
+        tmp_path,
+        "misspelt.py",
+        "import ml_collections\n\ndef get_config():\n    c = ml_collections.ConfigDict({'beta': 1})\n"
+        "    c.lock()\n    c.betta = 2\n    return c\n",
+    )
     cases = [
         ([config, override], rf"{override}: the config has no key '.*' \(Did you mean .*\); use one of its keys"),
         ([no_get_config], rf"--config={no_get_config}: the file defines no get_config\(\)"),
         ([tmp_path / "nothere.py"], r"nothere.py: cannot load the config file \(\[Errno 2\] No such file"),
         ([tmp_path / "nothere.py", override], r"nothere.py: cannot load the config file \(\[Errno 2\] No such file"),
         ([not_python], r"broken.py, line 1: invalid syntax: correct the config file"),
+        ([misspelt], r'misspelt.py, line 6: Key "betta" does not exist .* \(Did you mean "beta" .*: correct'),
         ([f"{config.split(':')[0]}:nosuchvariant", *rest], r"--config=.*:nosuchvariant: \w"),
         ([config, "--nosuchflag=1"], r"Unknown command line flag 'nosuchflag' \(--helpshort lists the flags\)"),
     ]
     for (config_arg, *more), message in cases:
         assert run_command(module, f"--config={config_arg}", *more, *rest) == 2, message
         assert re.search(message, one_error_line(capfd.readouterr().err)), message
+
+
+def test_a_bug_in_a_config_file_keeps_its_traceback(tmp_path):
+    buggy = config_file(tmp_path, "buggy.py", "def get_config():\n    return undefined_name\n")
+    with pytest.raises(NameError):
+        run_command("scorers_torch.evaluate", f"--config={buggy}")
 
 
 def test_export_flags_end_in_one_line(capfd):
