@@ -184,7 +184,7 @@ def command_line_problem(error: Exception, argv: Sequence[str]) -> str | None:
         return None  # raised by a config file's own code, not through ml_collections: a bug keeps its traceback
     key_error = error if isinstance(error, KeyError) else error.__context__
     text = str(key_error.args[0] if isinstance(key_error, KeyError) and key_error.args else error)
-    if caller.filename != __file__:  # a config file's line used a key its (locked) config lacks
+    if caller.filename != __file__ and not isinstance(error, OSError):  # a config file's line used a key it lacks
         return f"{caller.filename}, line {caller.lineno}: {_key_problem(text)}: correct the config file"
     config = f"--config={_flag_value(argv, 'config')}"
     if isinstance(error, OSError):  # the file could not be read: ml_collections raises that when it is first used
