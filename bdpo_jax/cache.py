@@ -20,9 +20,11 @@ A cache may be local or in object storage (``gs://``, ``s3://``): every file
 goes through ``bdpo_jax.storage``. The reader (``open_shards``) checks the
 manifest against the arrays before a batch is made: shard count, every file's
 size against its header, dtypes, shapes, row counts, and the small arrays'
-values (finite scores, labels in {0, 0.5, 1}, caption ids in range); latents
-and text states are checked as they are read (``take``). A problem is a
-``CacheError`` that names the file and the fix.
+values (finite scores, labels in {0, 0.5, 1}, caption ids in range), the
+model family against the arrays (SDXL's alone hold pooled vectors), and the
+manifest against ``job.json`` (the scorers' order in which the arrays were
+written); latents and text states are checked as they are read (``take``). A
+problem is a ``CacheError`` that names the file and the fix.
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ def write_arrays(directory: str | os.PathLike, arrays: Mapping[str, np.ndarray],
                     d.write_json(name, value)
     except FileExistsError:  # finished by another writer between the check and the write
         return False
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, os.fspath(directory)) from e  # numpy's writes name no file
     return True
 
 
@@ -266,6 +272,7 @@ def open_shards(cache: str | os.PathLike, manifest: Mapping[str, Any]) -> list[d
             f"{_REWRITE_MANIFEST}"
         )
     names = [f"shards/{entry['name']}" for entry in manifest["shards"]]
+    _check_family(cache, manifest, [name for name in names if f"{name}/pooled.npy" in listed])
     for name in names:
         for f in fields:
             if f"{name}/{f.name}.npy" not in listed:
@@ -294,7 +301,50 @@ def open_shards(cache: str | os.PathLike, manifest: Mapping[str, Any]) -> list[d
             else:
                 shard[f.name] = open_array(path, header)
         shards.append(shard)
+    _check_against_job(cache, manifest)
     return shards
+
+
+def _check_family(cache: str | os.PathLike, manifest: Mapping[str, Any], with_pooled: Sequence[str]) -> None:
+    """The manifest's model family against its pooled width and the shards' arrays (SDXL's alone have pooled.npy)."""
+    path = storage.join(cache, "manifest.json")
+    base = manifest["base_model"]
+    family, sdxl = base.get("family"), bool(base.get("pooled_dim"))
+    if family is not None and (family == "sdxl") != sdxl:
+        raise CacheError(
+            f"{path} says the base model family is {family!r} with pooled_dim {base.get('pooled_dim')}, where an "
+            f"SDXL-family model has a pooled text vector and no other has: {_REWRITE_MANIFEST}"
+        )
+    if sdxl and not with_pooled and manifest["shards"]:
+        raise CacheError(
+            f"{path} describes an SDXL-family model, but no shard holds pooled.npy: its arrays are an SD1/SD2-family "
+            f"model's: {_REWRITE_MANIFEST}"
+        )
+    if not sdxl and with_pooled:
+        raise CacheError(
+            f"{path} describes an SD1/SD2-family model, but {storage.join(cache, with_pooled[0])} holds pooled.npy: "
+            f"its arrays are an SDXL-family model's: {_REWRITE_MANIFEST}"
+        )
+
+
+def _check_against_job(cache: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    """The manifest against job.json, which wrote the arrays: an edited manifest (scorers in another order) would
+    have the trainer read a scorer's scores as another's."""
+    path = storage.join(cache, "job.json")
+    if not storage.exists(path):  # a cache copied without it: nothing to compare with
+        return
+    job = _json(path, storage.read_bytes(path))
+    changed = [key for key in job if manifest.get(key) != job[key]] if isinstance(job, dict) else ["everything"]
+    if not changed:
+        return
+    detail = ""
+    if "scorers" in changed:
+        names = [[s.get("name") for s in d.get("scorers", [])] for d in (manifest, job)]
+        detail = f" (scorers {names[0]} in the manifest, {names[1]} in the arrays)"
+    raise CacheError(
+        f"{storage.join(cache, 'manifest.json')} differs from {path}, which wrote the arrays, in {changed}{detail}: "
+        f"{_REWRITE_MANIFEST}"
+    )
 
 
 def _headers(paths: Sequence[str]) -> list[storage.NpyHeader]:

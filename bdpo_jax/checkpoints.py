@@ -33,7 +33,7 @@ import ml_collections
 from absl import logging
 
 from bdpo_jax import storage
-from bdpo_jax.errors import UserError
+from bdpo_jax.errors import Interrupted, UserError  # Interrupted: the trainer's, JAX-free for the boundary
 
 CHECKSUM_NAME = "bdpo_checksum.json"
 COMMIT_NAME = "commit_success.txt"  # orbax's mark of a finished step where it cannot rename (a bucket)
@@ -41,14 +41,6 @@ COMMIT_NAME = "commit_success.txt"  # orbax's mark of a finished step where it c
 
 class CheckpointError(UserError):
     """No checkpoint of a workdir that has some can be restored."""
-
-
-class Interrupted(Exception):
-    """The run saved ``step`` and stopped on a signal; the command exits 128 + ``signum``."""
-
-    def __init__(self, step: int, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}, saved it")
-        self.step, self.signum = step, signum
 
 
 class CheckpointLocationError(UserError):

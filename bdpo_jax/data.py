@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bdpo_jax import cache as cache_format
+from bdpo_jax import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,8 @@ class CacheDataset:
     def __init__(self, cache_dir: str | os.PathLike, drop_vote_ties: bool = True):
         self.path = os.fspath(cache_dir)
         self.manifest = cache_format.read_manifest(self.path)
+        if not sum(entry["pairs"] for entry in self.manifest["shards"]):  # before the shards: none is needed
+            raise cache_format.CacheError(self.no_usable_pairs())
         self.scorer_names = [s["name"] for s in self.manifest["scorers"]]
         self.sizes = cache_format.manifest_sizes(self.manifest)
         self.fields = cache_format.fields_for(self.sizes, in_batch=True)
@@ -50,7 +53,24 @@ class CacheDataset:
             locations.append(np.stack([np.full(len(rows), s), rows], axis=1))
         self.locations = np.concatenate(locations) if locations else np.zeros((0, 2), np.int64)
         if not len(self.locations):
-            raise cache_format.CacheError(f"cache {self.path} has no usable pairs")
+            raise cache_format.CacheError(self.no_usable_pairs())
+
+    def no_usable_pairs(self) -> str:
+        """Why a cache has no pair to train on, by its manifest's counts, and what to do."""
+        counts = self.manifest.get("counts", {})
+        rejects = storage.join(self.path, "rejects.jsonl")
+        if counts.get("pairs"):  # pairs were made: the tie policy dropped them all
+            return (
+                f"cache {self.path} has no usable pairs: the vote tied on all {counts['pairs']} and its "
+                f"tie_policy {self.manifest.get('tie_policy')!r} drops ties. Train on another train.label_source, "
+                f"or preprocess again into a new output_dir with --config.tie_policy=human"
+            )
+        return (
+            f"cache {self.path} has no usable pairs: preprocessing rejected {counts.get('rejected', '?')} of its "
+            f"{counts.get('rows', '?')} source rows (each with its reason in {rejects}) and dropped "
+            f"{counts.get('human_ties_dropped', 0)} human ties. Correct the source data (or map its columns with "
+            f"--config.columns.*), then preprocess it into a new output_dir"
+        )
 
     def __len__(self) -> int:
         return len(self.locations)

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 
-from bdpo_jax import checkpoints, storage
-from bdpo_jax.errors import UserError, main_with_clear_errors
+from bdpo_jax import checkpoints, errors, storage
+from bdpo_jax.errors import UserError
 from bdpo_jax.models import UNetConfig, abstract_unet, load_params, save_unet
 from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import adapted_paths, merge_adapters, save_lora_weights
@@ -33,24 +32,48 @@ from bdpo_jax.models.weights import find_unet_dir, weight_files
 from bdpo_jax.workdir import EXPORT_RECORD_NAME, base_fingerprint, recorded_base_model
 
 
-class BaseMismatchError(UserError):
+class ExportError(UserError):
+    """The workdir, step, base pipeline or output directory given to export cannot be used."""
+
+
+class BaseMismatchError(ExportError):
     """The base pipeline given to export is not the one the run trained."""
+
+
+def finished_steps(workdir: str) -> list[int]:
+    """The steps of a workdir's finished checkpoints. An empty step folder is none (orbax writes a step
+    elsewhere and moves it into place whole): skipped, as the trainer sets it aside."""
+    steps = checkpoints.step_dirs(storage.join(workdir, "checkpoints"))
+    empty = sorted(step for step, path in steps.items() if not storage.list_names(path))
+    for step in empty:
+        logging.warning("%s is an empty folder, not a checkpoint: skipped", steps[step])
+    return sorted(set(steps) - set(empty))
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """``finished_steps``, or an ``ExportError`` saying why there are none."""
+    if not storage.exists(workdir):
+        raise ExportError(f"--workdir {workdir} does not exist: give the work directory of a bdpo_jax.train run")
+    directory = storage.join(workdir, "checkpoints")
+    if not storage.exists(directory):
+        raise ExportError(f"{workdir} has no checkpoints/ folder: give --workdir the work directory of a train run")
+    steps = finished_steps(workdir)
+    if not steps:
+        raise ExportError(f"{directory} holds no finished checkpoint: export once the run has saved one")
+    return steps
 
 
 def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict, int]:
     """The policy parameters of a checkpoint (the latest by default), on the host."""
     import orbax.checkpoint as ocp
 
-    directory = storage.join(storage.absolute(workdir), "checkpoints")
-    if not storage.exists(directory):
-        raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: is it a bdpo_jax.train workdir?")
-    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
-    steps = manager.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-    step = manager.latest_step() if step is None else step
+    workdir = storage.absolute(workdir)
+    steps = saved_steps(workdir)
+    directory = storage.join(workdir, "checkpoints")
+    step = steps[-1] if step is None else step
     if step not in steps:
-        raise ValueError(f"no checkpoint of step {step} in {directory}; there are {sorted(steps)}")
+        raise ExportError(f"no checkpoint of step {step} in {directory}; there are {steps}: give --step one of them")
+    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
     cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), manager.item_metadata(step))
     try:
@@ -59,7 +82,7 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict, 
         why = checkpoints.damage(storage.join(directory, str(step))) or f"{type(e).__name__}: {str(e)[:300]}"
         raise checkpoints.CheckpointError(
             f"the checkpoint of step {step} in {directory} cannot be read ({why}); export another with --step "
-            f"(there are {sorted(steps)}), or run the training again there: it sets damaged checkpoints aside"
+            f"(there are {steps}), or run the training again there: it sets damaged checkpoints aside"
         ) from e
     finally:
         manager.close()
@@ -99,7 +122,7 @@ def trained_lora(workdir: str | Path, params: dict) -> LoRASpec | None:
     if lora.get("rank", 0) > 0:
         return LoRASpec.from_names(lora["rank"], lora.get("alpha"), lora["targets"])
     if adapted_paths(params):
-        raise UserError(f"{workdir}'s checkpoint holds LoRA adapters but {path} names no lora.rank: restore it")
+        raise ExportError(f"{workdir}'s checkpoint holds LoRA adapters but {path} names no lora.rank: restore it")
     return None
 
 
@@ -109,7 +132,7 @@ def export_lora(workdir: str | Path, out: str | Path, step: int | None = None) -
     params, step = restore_params(workdir, step)
     lora = trained_lora(workdir, params)
     if lora is None:
-        raise UserError(f"{workdir} is a full fine-tuning run (lora.rank 0): export a pipeline (no --adapters)")
+        raise ExportError(f"{workdir} is a full fine-tuning run (lora.rank 0): export a pipeline (no --adapters)")
     base = recorded_base_model(workdir)
     path = save_lora_weights(params, lora, out, {"workdir": storage.absolute(workdir), "step": step, "base": base})
     logging.info("exported the adapters of step %d of %s to %s", step, workdir, path)
@@ -117,26 +140,30 @@ def export_lora(workdir: str | Path, out: str | Path, step: int | None = None) -
 
 
 def export_pipeline(workdir: str | Path, base: str | Path, out: str | Path, step: int | None = None) -> Path:
+    """The base pipeline with the trained UNet, written whole into ``out`` (a new directory) or not at all."""
     workdir, base, out = storage.absolute(workdir), Path(base), Path(out)
     if not (base / "model_index.json").is_file():
-        raise FileNotFoundError(f"{base} is not a diffusers pipeline directory (no model_index.json)")
-    if out.exists():
-        raise FileExistsError(f"{out} exists; export writes a new directory")
-    unet_dir = find_unet_dir(base)
-    config = UNetConfig.from_json_file(unet_dir / "config.json")
-    params, step = restore_params(workdir, step)
-    _, state = abstract_unet(config)
-    lora = trained_lora(workdir, params)
-    if lora is not None:  # the base's kernels with the adapters merged in
-        base_params = nnx.to_pure_dict(load_params(state, weight_files(unet_dir)))
-        check_base(workdir, unet_dir, nnx.to_pure_dict(state), base_params)
-        params = merge_adapters(base_params, params, lora.scale)
-    else:
-        check_base(workdir, unet_dir, nnx.to_pure_dict(state), params)
-    nnx.replace_by_pure_dict(state, params)  # in place
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # ours alone
+        state = "does not exist" if not base.exists() else "is not a diffusers pipeline directory (no model_index.json)"
+        raise ExportError(f"--base {base} {state}: give the base pipeline the run was trained from")
     try:
+        unet_dir = find_unet_dir(base)
+    except FileNotFoundError as e:
+        raise ExportError(f"--base {base}: {e} Give the base pipeline the run was trained from") from None
+    if out.exists():
+        raise ExportError(f"--out {out} exists: export writes a new directory; give another --out, or delete it")
+    config = UNetConfig.from_json_file(unet_dir / "config.json")
+    tmp = new_temporary(out)
+    try:
+        params, step = restore_params(workdir, step)
+        _, state = abstract_unet(config)
+        lora = trained_lora(workdir, params)
+        if lora is not None:  # the base's kernels with the adapters merged in
+            base_params = nnx.to_pure_dict(load_params(state, weight_files(unet_dir)))
+            check_base(workdir, unet_dir, nnx.to_pure_dict(state), base_params)
+            params = merge_adapters(base_params, params, lora.scale)
+        else:
+            check_base(workdir, unet_dir, nnx.to_pure_dict(state), params)
+        nnx.replace_by_pure_dict(state, params)  # in place
         shutil.copytree(base, tmp, dirs_exist_ok=True, ignore=lambda d, names: ["unet"] if Path(d) == base else [])
         save_unet(config, state, tmp / "unet")
         (tmp / EXPORT_RECORD_NAME).write_text(json.dumps({"workdir": workdir, "step": step}, indent=2))
@@ -148,14 +175,30 @@ def export_pipeline(workdir: str | Path, base: str | Path, out: str | Path, step
     return out
 
 
+def new_temporary(out: Path) -> Path:
+    """An empty folder beside ``out`` to write the export in, named as ``storage``'s temporaries are, so
+    that the next export removes it if this process dies; those of dead exports are removed now."""
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ExportError(f"--out {out} is under a file, not a folder: give --out a new directory's path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for name in storage.remove_stale_temporaries(out.parent):
+            logging.info("removed %s, left by an export that died", out.parent / name)
+        tmp = out.parent / storage.temporary_name(out.name)
+        tmp.mkdir()
+    except OSError as e:
+        raise ExportError(f"cannot write in {out.parent} ({e.strerror}): give --out a place this user can write") from e
+    return tmp
+
+
 def export_is_current(workdir: str | Path, out: str | Path) -> bool:
     """Whether ``out`` is an export of this workdir's latest checkpoint (False: export again)."""
     record = Path(out) / EXPORT_RECORD_NAME
-    steps = checkpoints.step_dirs(storage.join(storage.absolute(workdir), "checkpoints"))
+    steps = finished_steps(storage.absolute(workdir))
     if not record.is_file() or not steps:
         return False
     exported = json.loads(record.read_text())
-    return exported["workdir"] == storage.absolute(workdir) and exported["step"] >= max(steps)
+    return exported["workdir"] == storage.absolute(workdir) and exported["step"] >= steps[-1]
 
 
 def main(argv: list[str]) -> None:
@@ -176,4 +219,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "The new pipeline directory.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main_with_clear_errors(main))
+    errors.run(main)

@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bdpo_jax import checkpoints, console, flops, storage
+from bdpo_jax import checkpoints, console, errors, flops, storage
 from bdpo_jax.data import Prefetcher
-from bdpo_jax.errors import UserError, main_with_clear_errors
+from bdpo_jax.errors import UserError
 from bdpo_jax.metrics import MetricsWriter
 from bdpo_jax.step import TrainState
 from bdpo_jax.trainer import Trainer, WithBase, build_trainer
@@ -215,11 +215,9 @@ def main(argv: list[str]) -> None:
     config = flags.FLAGS.config
     if config.distributed:
         jax.distributed.initialize()
-    try:
-        train(config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change)
-    except checkpoints.Interrupted as e:  # saved: a non-zero status, so that a scheduler requeues the job
-        console.say(f"{e}; run the same command again to resume")
-        sys.exit(128 + e.signum)
+    # A signal ends it as checkpoints.Interrupted, step saved: the boundary exits 128 + the signal, a non-zero
+    # status that a scheduler requeues.
+    train(config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":  # flags are defined here, so that importing this module defines none
@@ -227,4 +225,4 @@ if __name__ == "__main__":  # flags are defined here, so that importing this mod
     flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (a path or gs:// URL); a run there resumes.")
     flags.DEFINE_bool("allow_config_change", False, "Resume even where the config changes the data or model.")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main_with_clear_errors(main))
+    errors.run(main)

@@ -7,7 +7,8 @@
   atomic locally (``O_EXCL``) and in GCS (an upload that succeeds only if no
   object of that name exists, ``storage.create_exclusive``): of two runs
   started together in one workdir, exactly one gets it. Taking over a dead
-  process's lock is not atomic (a remove, then a create).
+  process's lock is not atomic (a remove, then a create). The evaluation
+  locks its output folder alike, one lock per worker.
 - ``config.json`` is the config of the run. A resumed run may change only
   ``RESUMABLE_KEYS`` (how long, how often it saves and logs, how it is laid out
   on devices; not how long under a decaying learning rate); any other change
@@ -51,15 +52,18 @@ class ConfigChangedError(UserError):
     """A resumed run's config changes keys that alter its data or model."""
 
 
-def acquire_lock(workdir: str | os.PathLike) -> str:
-    """Creates ``workdir/run.lock`` for this process, or raises ``WorkdirError`` naming its holder."""
-    path = storage.join(workdir, LOCK_NAME)
+def acquire_lock(
+    workdir: str | os.PathLike, name: str = LOCK_NAME, holder_kind: str = "run", flag: str = "--workdir"
+) -> str:
+    """Creates ``workdir/name`` for this process, or raises ``WorkdirError`` naming its holder (another
+    ``holder_kind``) and the ``flag`` that chooses another folder. Evaluations lock their output folder too."""
+    path = storage.join(workdir, name)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     while True:
         try:
             created = storage.create_exclusive(path, json.dumps(me).encode())
         except PermissionError as e:
-            raise WorkdirError(f"cannot write in {workdir} ({e}): choose a writable --workdir") from e
+            raise WorkdirError(f"cannot write in {workdir} ({e}): choose a writable {flag}") from e
         if not created:
             holder = read_lock(path)
             if holder is None:  # being written this instant, or emptied: look again
@@ -71,9 +75,9 @@ def acquire_lock(workdir: str | os.PathLike) -> str:
                 continue
             pid, host = _who(holder)
             raise WorkdirError(
-                f"{workdir} is in use by another run: process {pid} on host {host} (since {holder.get('since')}, "
-                f"lock file {path}). Wait for it to end or stop it, or use another --workdir; if that process "
-                f"is gone (another host cannot be checked from here), delete {path}."
+                f"{workdir} is in use by another {holder_kind}: process {pid} on host {host} (since "
+                f"{holder.get('since')}, lock file {path}). Wait for it to end or stop it, or use another {flag}; if "
+                f"that process is gone (another host cannot be checked from here), delete {path}."
             )
         return path
 

@@ -35,6 +35,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bdpo_jax.errors import main_with_clear_errors
 from launch import common
 
 TORCHRUN_PORT = 29500
@@ -159,4 +160,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_clear_errors(main)())

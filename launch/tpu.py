@@ -22,6 +22,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from bdpo_jax.errors import main_with_clear_errors
 from launch import common
 
 ARCHIVE = "/tmp/bdpo-checkout.tar.gz"
@@ -141,4 +142,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_clear_errors(main)())

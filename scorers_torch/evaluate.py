@@ -19,7 +19,9 @@ block k belongs to worker ``k % num_workers``, as in preprocessing. Images are
 saved as they are made and a block's scores are written whole, so a killed run,
 run again, skips what is on disk. The worker that finds every block done writes
 scores.parquet, the tables and the pictures; with every image and score on
-disk, a run with other comparisons only recomputes the tables.
+disk, a run with other comparisons only recomputes the tables. A second
+evaluation into an output folder that one is writing is refused, naming it
+(``evaluate-worker-K.lock``, one per worker, as a train workdir's lock).
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from typing import Any
 
 import ml_collections
 import pyarrow as pa
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bdpo_jax import storage
-from bdpo_jax.errors import UserError, main_with_clear_errors
+from bdpo_jax import errors, storage
+from bdpo_jax.errors import UserError
+from bdpo_jax.workdir import acquire_lock, release_lock
 from scorers_torch.evaluation import pictures, report, stats
 from scorers_torch.evaluation.blocks import batches_to_make, block_rows, plan
 from scorers_torch.evaluation.generate import (
@@ -163,17 +166,24 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 def run(config: ml_collections.ConfigDict) -> Results | None:
-    """This worker's share of the evaluation; the tables once every block is done (None before)."""
+    """This worker's share of the evaluation; the tables once every block is done (None before). One
+    evaluation's worker k at a time per output folder: a second would redo the same work beside it."""
     check_config(config)
-    with torch_threads(config.cpu_threads):
-        return _run(config)
+    worker, num_workers = worker_from_env(config)
+    lock = acquire_lock(
+        OutputDir(config.output_dir).root, f"evaluate-worker-{worker}.lock", "evaluation", "--config.output_dir"
+    )
+    try:
+        with torch_threads(config.cpu_threads):
+            return _run(config, worker, num_workers)
+    finally:
+        release_lock(lock)
 
 
-def _run(config: ml_collections.ConfigDict) -> Results | None:
+def _run(config: ml_collections.ConfigDict, worker: int, num_workers: int) -> Results | None:
     import torch
 
     out = OutputDir(config.output_dir)
-    worker, num_workers = worker_from_env(config)
     device = torch.device(worker_device(config) or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(config.dtype, device)
 
@@ -334,4 +344,4 @@ if __name__ == "__main__":  # flags are defined here, so that importing this mod
     sys.argv, MODEL_FLAGS[:] = split_model_flags(sys.argv)  # before config_flags reads sys.argv
     config_flags.DEFINE_config_file("config", None, "A configs/evaluate/*.py file.", lock_config=True)
     flags.mark_flag_as_required("config")
-    app.run(main_with_clear_errors(main))
+    errors.run(main)

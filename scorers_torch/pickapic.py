@@ -23,7 +23,7 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from bdpo_jax import storage
-from bdpo_jax.errors import UserError
+from bdpo_jax.errors import UserError, one_line
 
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 HUB_PREFIX = "hf://"
@@ -59,8 +59,6 @@ class PreferenceSource:
     """Random access to the rows of a Pick-a-Pic-schema table, by range."""
 
     def __init__(self, spec: str | os.PathLike, split: str = "train", columns: Mapping[str, str] | None = None):
-        import pyarrow as pa
-
         self.spec = str(spec)
         self.columns = {name: name for name in COLUMNS} | dict(columns or {})
         if unknown := sorted(set(self.columns) - set(COLUMNS)):
@@ -79,13 +77,10 @@ class PreferenceSource:
             files = sorted(path.rglob("*.parquet"))
             arrow = sorted(path.rglob("*.arrow"))
             if not files and arrow:  # datasets' save_to_disk
-                self.files = arrow
-                table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in arrow])
-                self._check(table.column_names)
-                self.table = self._schema(table)
-                return
-            split_files = [f for f in files if split in f.name or split in f.parent.name]
-            files = split_files or files
+                files = arrow
+            else:
+                split_files = [f for f in files if split in f.name or split in f.parent.name]
+                files = split_files or files
         else:
             raise SourceError(
                 f"preference data {spec}: not a parquet file, a directory of parquet or arrow files, or a hub id"
@@ -93,13 +88,10 @@ class PreferenceSource:
         if not files:
             raise SourceError(f"preference data {spec}: no parquet files found")
         self.files = files
-        import pyarrow.dataset as ds
+        self.table = read_table(files, self._columns_to_read).rename_columns(list(COLUMNS))
 
-        dataset = ds.dataset([str(f) for f in files], format="parquet")
-        self._check(dataset.schema.names)
-        self.table = self._schema(dataset.to_table(columns=[self.columns[name] for name in COLUMNS]))
-
-    def _check(self, found: list[str]) -> None:
+    def _columns_to_read(self, found: list[str]) -> list[str]:
+        """The source's names of the schema's columns, in its order; an error naming any it lacks."""
         missing = {name: column for name, column in self.columns.items() if column not in found}
         if missing:
             flags = " ".join(f"--config.columns.{name}=..." for name in missing)
@@ -107,10 +99,7 @@ class PreferenceSource:
                 f"preference data {self.spec} lacks the column(s) {sorted(missing.values())} "
                 f"(Pick-a-Pic's {sorted(missing)}); it has {found}. Name the source's columns with {flags}"
             )
-
-    def _schema(self, table: Any) -> Any:
-        """The table's mapped columns under the schema's names."""
-        return table.select([self.columns[name] for name in COLUMNS]).rename_columns(list(COLUMNS))
+        return [self.columns[name] for name in COLUMNS]
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -185,6 +174,30 @@ def _encoded(image: Image.Image | bytes) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class TableError(UserError):
+    """A parquet or arrow file cannot be read: cut short, still being written, or not one."""
+
+
+def read_table(files: Sequence[Path], columns: Callable[[list[str]], list[str]]) -> Any:
+    """Columns of parquet files, or of a ``datasets`` ``save_to_disk`` folder's arrow files, as one table:
+    ``columns`` gets the names the files have and returns those to read (it raises where one is missing).
+    A file that cannot be read is a ``TableError`` naming it."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    try:
+        if files[0].suffix == ".arrow":
+            table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
+            return table.select(columns(table.column_names))
+        dataset = ds.dataset([str(f) for f in files], format="parquet")
+        return dataset.to_table(columns=columns(dataset.schema.names))
+    except (pa.ArrowException, OSError) as e:  # pyarrow raises OSError for a cut-short arrow stream
+        where = files[0] if len(files) == 1 else f"one of the {len(files)} files in {os.path.commonpath(files)}"
+        raise TableError(
+            f"{where} cannot be read ({one_line(str(e))}): if a download or copy was cut short, fetch it again"
+        ) from None
 
 
 def _label(value: Any) -> float:

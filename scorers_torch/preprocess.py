@@ -26,18 +26,19 @@ import functools
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
 from bdpo_jax import cache as cache_format
-from bdpo_jax import records, storage
-from bdpo_jax.errors import UserError, main_with_clear_errors
+from bdpo_jax import errors, records, storage
+from bdpo_jax.errors import UserError
 from scorers_torch.encoders import BaseModelEncoders
 from scorers_torch.pickapic import ImageTooLargeError, Pair, PreferenceSource, decode_image
 from scorers_torch.scorers import Scorer, build_scorer
@@ -168,7 +169,7 @@ def process_shard(
     latent_shape = tuple(encoders.describe()["latent_shape"])
     latent_arrays = [np.concatenate(side) if n else np.zeros((0, *latent_shape), np.float16) for side in latents]
     all_captions = sorted(set(prompts))
-    text_states, pooled = encoders.encode_text(all_captions) if all_captions else (None, None)
+    text_states, pooled = encoders.encode_text(all_captions) if all_captions else no_text(encoders.describe())
 
     problems = non_finite_rows(kept, all_captions, scores, latent_arrays, text_states, pooled, scorers)
     rejects += [{"row": kept[i].row, "reason": reason} for i, reason in problems.items()]
@@ -192,7 +193,7 @@ def process_shard(
         "label_0": np.array([p.label_0 for p in kept], np.float32),
         "source_row": np.array([p.row for p in kept], np.int64),
         "caption_id": np.array([caption_id[p.caption] for p in kept], np.int32),
-        "text_states": text_states[caption_rows] if text_states is not None else np.zeros((0, 0, 0), np.float16),
+        "text_states": text_states[caption_rows],
     }
     if pooled is not None:
         arrays["pooled"] = pooled[caption_rows]
@@ -212,14 +213,14 @@ def non_finite_rows(
     captions: list[str],
     scores: np.ndarray,
     latents: list[np.ndarray],
-    text_states: np.ndarray | None,
+    text_states: np.ndarray,
     pooled: np.ndarray | None,
     scorers: list[Scorer],
 ) -> dict[int, str]:
     """Pairs (by index) whose scores, latents or caption's text states are not finite, and why."""
 
     def bad(array: np.ndarray) -> np.ndarray:
-        return ~np.isfinite(array.reshape(len(array), -1).astype(np.float32)).all(axis=1) if len(array) else []
+        return ~np.isfinite(array.astype(np.float32)).all(axis=tuple(range(1, array.ndim)))
 
     problems: dict[int, str] = {}
     for i, k, side in zip(*np.nonzero(~np.isfinite(scores)), strict=True):
@@ -228,13 +229,19 @@ def non_finite_rows(
     for side, array in enumerate(latents):
         for i in np.flatnonzero(bad(array)):
             problems.setdefault(int(i), f"VAE latent of image {side} is not finite")
-    if text_states is not None:
-        bad_text = bad(text_states) | (bad(pooled) if pooled is not None else False)
-        bad_captions = {captions[j] for j in np.flatnonzero(bad_text)}
-        for i, pair in enumerate(pairs):
-            if pair.caption in bad_captions:
-                problems.setdefault(i, "text states of its caption are not finite")
+    bad_text = bad(text_states) | (bad(pooled) if pooled is not None else False)
+    bad_captions = {captions[j] for j in np.flatnonzero(bad_text)}
+    for i, pair in enumerate(pairs):
+        if pair.caption in bad_captions:
+            problems.setdefault(i, "text states of its caption are not finite")
     return problems
+
+
+def no_text(base_model: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The caption arrays of a shard whose rows were all rejected: no rows, the cache's row shapes."""
+    text_states = np.zeros((0, base_model["text_length"], base_model["text_dim"]), np.float16)
+    pooled = np.zeros((0, base_model["pooled_dim"]), np.float16) if base_model["pooled_dim"] else None
+    return text_states, pooled
 
 
 def _decode_pair(pair: Pair, max_pixels: int, max_aspect: float) -> tuple[Image.Image, Image.Image] | Exception:
@@ -278,7 +285,8 @@ def finalize(output: str, job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-    """The whole job for this worker; returns the manifest if this worker finished the cache."""
+    """The whole job for this worker; returns the manifest if this worker finished the cache (or found it
+    finished: then it writes nothing)."""
     check_settings(config)
     output = config.output_dir
     output = os.path.expanduser(output) if storage.is_local(output) else output
@@ -293,6 +301,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     for folder in (output, storage.join(output, "shards")):
         for name in storage.remove_stale_temporaries(folder):
             logging.info("removed %s, left by a writer that died", storage.join(folder, name))
+    manifest_path = storage.join(output, "manifest.json")
+    if storage.exists(manifest_path):  # finished: nothing to write (the output may be read-only by now)
+        logging.info("the cache in %s is complete: nothing to do", output)
+        return storage.read_json(manifest_path)
     if worker == 0:
         write_empty_prompt(output, encoders)
 
@@ -327,4 +339,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":  # flags are defined here, so that importing this module defines none
     config_flags.DEFINE_config_file("config", None, "A configs/preprocess/*.py file.", lock_config=True)
     flags.mark_flag_as_required("config")
-    app.run(main_with_clear_errors(main))
+    errors.run(main)

@@ -20,6 +20,7 @@ from bdpo_jax.storage.directories import (
     is_complete,
 )
 from bdpo_jax.storage.files import (
+    HOST,
     absolute,
     append_text,
     create_exclusive,
@@ -57,6 +58,7 @@ from bdpo_jax.storage.npy import (
 
 __all__ = [
     "COMPLETE_MARKER",
+    "HOST",
     "DirectoryWriter",
     "NpyHeader",
     "RemoteArray",

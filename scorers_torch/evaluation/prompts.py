@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from bdpo_jax.errors import UserError
+from scorers_torch.pickapic import read_table
 
 KINDS = ("pickapic", "partiprompts", "hpdv2", "lines", "inline")
 DEFAULT_COLUMN = {"pickapic": "caption", "partiprompts": "Prompt"}
@@ -79,7 +81,7 @@ def load_prompt_set(name: str, spec: ml_collections.ConfigDict) -> PromptSet:
         elif kind == "hpdv2":
             raw = _hpdv2(path, name)
         else:
-            raw = path.read_text(encoding="utf-8").splitlines()
+            raw = _read_text(path, name).splitlines()
     return select_prompts(name, raw, source, spec.get("limit"), spec.get("sample_seed", 0))
 
 
@@ -108,9 +110,6 @@ def select_prompts(name: str, raw: Sequence[Any], source: str, limit: int | None
 
 def _table_column(path: Path, column: str, split: str, name: str) -> list[Any]:
     """One column of a parquet file, a directory of parquet files, or a save_to_disk directory."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
     if path.is_file():
         files = [path]
     else:
@@ -124,33 +123,39 @@ def _table_column(path: Path, column: str, split: str, name: str) -> list[Any]:
         files = in_split
     if not files:
         raise PromptSetError(f"prompt set {name!r}: no parquet or arrow files in {path}")
-    if files[0].suffix == ".arrow":  # datasets' save_to_disk
-        table = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
-        columns = table.column_names
-    else:
-        try:
-            dataset = ds.dataset([str(f) for f in files], format="parquet")
-        except pa.ArrowInvalid as e:
-            raise PromptSetError(f"prompt set {name!r}: {path} is not readable as parquet ({e})") from e
-        columns = dataset.schema.names
-        table = dataset.to_table(columns=[column]) if column in columns else None
-    if column not in columns:
+
+    def the_column(found: list[str]) -> list[str]:
+        if column not in found:
+            raise PromptSetError(
+                f"prompt set {name!r}: {path} has no column {column!r} (it has {found}); "
+                f"set --config.prompts.{name}.column"
+            )
+        return [column]
+
+    return read_table(files, the_column).column(column).to_pylist()
+
+
+def _read_text(path: Path, name: str) -> str:
+    """A prompt file's text; one that is not UTF-8 text, or a folder, is an error naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise PromptSetError(
-            f"prompt set {name!r}: {path} has no column {column!r} (it has {columns}); "
-            f"set --config.prompts.{name}.column"
-        )
-    return table.column(column).to_pylist()
+            f"prompt set {name!r}: {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 "
+            f"(iconv -f <its encoding> -t UTF-8)"
+        ) from None
+    except IsADirectoryError:
+        raise PromptSetError(f"prompt set {name!r}: {path} is a folder; give prompts.{name}.path a file") from None
 
 
 def _tsv_column(path: Path, column: str, name: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        if column not in (reader.fieldnames or []):
-            raise PromptSetError(
-                f"prompt set {name!r}: {path} has no column {column!r} (it has {reader.fieldnames}); "
-                f"set --config.prompts.{name}.column"
-            )
-        return [row[column] for row in reader]
+    reader = csv.DictReader(io.StringIO(_read_text(path, name), newline=""), delimiter="\t")
+    if column not in (reader.fieldnames or []):
+        raise PromptSetError(
+            f"prompt set {name!r}: {path} has no column {column!r} (it has {reader.fieldnames}); "
+            f"set --config.prompts.{name}.column"
+        )
+    return [row[column] for row in reader]
 
 
 def _hpdv2(path: Path, name: str) -> list[str]:
@@ -162,7 +167,10 @@ def _hpdv2(path: Path, name: str) -> list[str]:
         )
     prompts: list[str] = []
     for style in HPDV2_STYLES:
-        values = json.loads((path / f"{style}.json").read_text(encoding="utf-8"))
+        try:
+            values = json.loads(_read_text(path / f"{style}.json", name))
+        except json.JSONDecodeError as e:
+            raise PromptSetError(f"prompt set {name!r}: {path / style}.json is not valid JSON ({e})") from None
         if not isinstance(values, list):
             raise PromptSetError(f"prompt set {name!r}: {path / style}.json is not a JSON list of prompts")
         prompts.extend(values)

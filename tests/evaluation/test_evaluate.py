@@ -4,8 +4,10 @@ a model against itself, added models, resume after a kill, workers, bad input.""
 
 import io
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 
 from bdpo_jax.errors import UserError
+from bdpo_jax.workdir import WorkdirError
 from configs.evaluate import tiny
 from scorers_torch import evaluate
 from scorers_torch.evaluation import generate as generation
@@ -113,6 +116,7 @@ def test_files_rows_and_image_names(evaluated, pipelines):
     page = results.pages["shapes"].read_text()
     assert all(f"../{r['image']}" in page for r in rows.values())
     assert results.charts["shapes"].is_file()
+    assert not list(output.glob("*.lock"))  # released
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["generation"]["num_inference_steps"] == 2 and manifest["generation"]["dtype"] == "float32"
     assert manifest["models"]["same"]["path"] == str(pipelines["base"].resolve())
@@ -280,6 +284,10 @@ def test_bad_input_is_named_and_loses_nothing(evaluated, pipelines, tmp_path):
     fails(OutputMismatchError, r"models entry 'base' made otherwise", {"base": pipelines["trained"]})
     fails(UserError, r"comparison 'trained:nobody': no model named 'nobody'", comparisons="trained:nobody")
     fails(UserError, r"model name 'a b'", {"a b": pipelines["base"]})
+    lock = output / "evaluate-worker-0.lock"  # another evaluation into this folder, alive (the test's parent)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "since": "today"}))
+    fails(WorkdirError, rf"in use by another evaluation: process {os.getppid()} .*use another --config.output_dir")
+    lock.unlink()
     assert sorted(p.stat().st_mtime_ns for p in output.glob("images/*/*/*.png")) == images  # nothing lost or redone
     assert read_rows(output / "scores.parquet") == read_rows(evaluated["output"] / "scores.parquet")
 

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bdpo_jax.errors import UserError
 from configs.evaluate.common import prompt_set
 from scorers_torch.evaluation.prompts import PromptSetError, load_prompt_set
 
@@ -84,3 +85,19 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(PromptSetError, match="no prompts left"):
         load_prompt_set("e", prompt_set("lines", path=str(tmp_path / "empty.txt")))
+
+
+def test_unreadable_prompt_files_are_named(tmp_path):
+    """A prompt file that is not UTF-8, a folder given as a file, a cut-short parquet file: one error naming it."""
+    (tmp_path / "latin1.txt").write_bytes("une \xe9toile\n".encode("latin-1"))
+    with pytest.raises(PromptSetError, match=r"latin1.txt is not UTF-8 text \(invalid continuation byte at byte 4\)"):
+        load_prompt_set("fr", prompt_set("lines", path=str(tmp_path / "latin1.txt")))
+    (tmp_path / "parti.tsv").write_bytes("Prompt\n\xe9\n".encode("latin-1"))
+    with pytest.raises(PromptSetError, match=r"parti.tsv is not UTF-8 text"):
+        load_prompt_set("parti", prompt_set("partiprompts", path=str(tmp_path / "parti.tsv")))
+    with pytest.raises(PromptSetError, match=r"is a folder; give prompts.x.path a file"):
+        load_prompt_set("x", prompt_set("lines", path=str(tmp_path)))
+    pq.write_table(pa.table({"caption": [f"prompt {i}" for i in range(100)]}), tmp_path / "p.parquet")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "p.parquet").read_bytes()[:300])
+    with pytest.raises(UserError, match=r"cut.parquet cannot be read \(.*magic bytes.*\): .* fetch it again"):
+        load_prompt_set("pick", prompt_set("pickapic", path=str(tmp_path / "cut.parquet")))

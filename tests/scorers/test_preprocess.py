@@ -9,6 +9,7 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from command_line import one_error_line, run_command
 
 from bdpo_jax import cache as cache_format
 from configs.preprocess import tiny as preprocess_tiny
@@ -146,6 +147,27 @@ def test_two_workers_make_the_same_cache(scored_cache, parquet, tiny_pipeline, t
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
 
 
+def test_a_finished_job_run_again_writes_nothing(scored_cache, parquet, tiny_pipeline, monkeypatch):
+    """Its output may be read-only by now: a write would fail there (as root a chmod does not stop one, so
+    every writer is made to fail as a read-only disk would), and nothing on disk changes."""
+    from bdpo_jax import storage
+
+    output, manifest = scored_cache
+    files = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(output.rglob("*"))}
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", str(args[0]))
+
+    for writer in ("write_bytes", "atomic_directory", "remove", "rename"):
+        monkeypatch.setattr(storage, writer, read_only)
+    os.chmod(output, 0o555)  # read-only where the tests do not run as root
+    try:
+        assert preprocess.run(make_config(parquet, tiny_pipeline, output)) == manifest
+    finally:
+        os.chmod(output, 0o755)
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(output.rglob("*"))} == files
+
+
 def test_resume_with_other_settings_is_refused(scored_cache, parquet, tiny_pipeline):
     output, _ = scored_cache
     config = make_config(parquet, tiny_pipeline, output, scorers={"brightness": {}})
@@ -199,15 +221,15 @@ def test_mirror_column_names(parquet, tmp_path):
         PreferenceSource(mirror, columns={"jpg_2": "image_c"})
 
 
-def test_command_line(parquet, tiny_pipeline, tmp_path):
+def test_command_line(parquet, tiny_pipeline, tmp_path, capfd):
     base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/tiny.py"]
     args = [f"--config.source={parquet}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
     done = subprocess.run([*base, *args, "--config.shard_size=10"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["pairs"] == 16
     assert "pairs_per_s" in done.stderr  # the progress bar
-    bad = subprocess.run([*base, *args, "--config.shard_sise=10"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "shard_sise" in bad.stderr
+    assert run_command(*base[2:], *args, "--config.shard_sise=10") == 2  # in this process: refused before loading
+    assert "--config.shard_sise=10: the config has no key 'shard_sise'" in one_error_line(capfd.readouterr().err)
 
 
 @pytest.mark.parametrize("model", ["sd15", "sd21", "sdxl"])

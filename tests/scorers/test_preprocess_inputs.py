@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from command_line import one_error_line, run_command
 from PIL import Image
 
 from bdpo_jax import cache as cache_format
@@ -21,7 +22,7 @@ from bdpo_jax.errors import UserError
 from configs.preprocess import tiny as preprocess_tiny
 from scorers_torch import preprocess
 from scorers_torch.encoders import BaseModelEncoders
-from scorers_torch.pickapic import PreferenceSource, SourceError, decode_image
+from scorers_torch.pickapic import PreferenceSource, SourceError, TableError, decode_image
 from scorers_torch.testing import make_preference_parquet
 
 
@@ -89,6 +90,29 @@ def test_bad_labels_and_captions_are_rejected_and_listed(source, tiny_pipeline, 
     assert "label_0 + label_1 = 2" in rejects[3]
     assert "caption is not UTF-8 text" in rejects[4]
     assert manifest["counts"]["rejected"] == 5 and manifest["counts"]["pairs"] == 3
+
+
+def test_rows_all_rejected(source, tiny_pipeline, tmp_path):
+    """A shard whose rows were all rejected is written in the cache's shapes (the trainer read the cache as
+    damaged); a cache with no usable pair says so and points at rejects.jsonl (it said: damaged, remake it)."""
+    from bdpo_jax.data import CacheDataset
+
+    table = pq.read_table(source).to_pydict()
+    table["label_0"] = [0.3] * 4 + table["label_0"][4:]  # shard 0 (rows 0-3) all rejected
+    pq.write_table(pa.table(table), tmp_path / "half.parquet")
+    preprocess.run(make_config(tmp_path / "half.parquet", tiny_pipeline, tmp_path / "half"))
+    assert len(CacheDataset(tmp_path / "half")) == 4
+    table["label_0"] = [0.3] * 8
+    pq.write_table(pa.table(table), tmp_path / "none.parquet")
+    assert (
+        preprocess.run(make_config(tmp_path / "none.parquet", tiny_pipeline, tmp_path / "none"))["counts"]["pairs"] == 0
+    )
+    with pytest.raises(
+        cache_format.CacheError,
+        match=r"no usable pairs: preprocessing rejected 8 of its 8 source rows "
+        r"\(each with its reason in .*none/rejects.jsonl\)",
+    ):
+        CacheDataset(tmp_path / "none")
 
 
 class FakeEncoders:
@@ -264,6 +288,22 @@ def test_a_relative_path_that_does_not_exist_is_a_missing_path(tmp_path, monkeyp
         PreferenceSource("org/name")
 
 
+def test_a_cut_short_source_file_is_named(source, tmp_path):
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(source.read_bytes()[:5000])
+    with pytest.raises(TableError, match=r"cut.parquet cannot be read \(.*magic bytes not found.*\): .*fetch it again"):
+        PreferenceSource(cut)
+    saved = tmp_path / "saved"  # datasets' save_to_disk: arrow streams
+    saved.mkdir()
+    table = pq.read_table(source)
+    with pa.ipc.new_stream(str(saved / "data-00000-of-00001.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    stream = saved / "data-00000-of-00001.arrow"
+    stream.write_bytes(stream.read_bytes()[:20000])
+    with pytest.raises(TableError, match=r"data-00000-of-00001.arrow cannot be read \(Expected to be able to read"):
+        PreferenceSource(saved)
+
+
 def test_an_unwritable_output_is_named(source, tiny_pipeline, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -271,13 +311,34 @@ def test_an_unwritable_output_is_named(source, tiny_pipeline, tmp_path):
         preprocess.run(make_config(source, tiny_pipeline, blocker / "out"))
 
 
-def test_command_line_errors_are_one_line(source, tiny_pipeline, tmp_path):
-    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/tiny.py"]
+def test_command_line_errors_are_one_line(source, tiny_pipeline, tmp_path, capfd):
     args = [f"--config.source={source}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
-    done = subprocess.run([*base, *args, "--config.shard_size=0"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    assert "error: " in done.stderr and "shard_size 0 must be at least 1" in done.stderr
+    config = "--config=configs/preprocess/tiny.py"
+    assert run_command("scorers_torch.preprocess", config, *args, "--config.shard_size=0") == 2
+    assert "shard_size 0 must be at least 1" in one_error_line(capfd.readouterr().err)
+
+
+def test_a_full_disk_is_one_line_and_the_job_resumes(source, tiny_pipeline, tmp_path, monkeypatch, capfd):
+    """The disk fills while shard 1 is written (as numpy's write reports it): one line naming the shard, exit 2,
+    shard 0 kept; run again with space, the job finishes (that a resumed job makes the uninterrupted job's cache
+    is test_preprocess.py's test_interrupted_then_resumed_equals_uninterrupted)."""
+    config = ["--config=configs/preprocess/tiny.py", f"--config.source={source}", "--config.shard_size=4"]
+    config += [f"--config.base_model={tiny_pipeline}", "--config.batch_size=4"]
+    real_save = storage.DirectoryWriter.save_array
+
+    def disk_full_at_shard_1(writer, name, array):
+        if ".00001.tmp" in writer.root:
+            raise OSError(28, "No space left on device")  # no file name, as numpy's write to a file object
+        return real_save(writer, name, array)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage.DirectoryWriter, "save_array", disk_full_at_shard_1)
+        assert run_command("scorers_torch.preprocess", *config, f"--config.output_dir={tmp_path / 'out'}") == 2
+    line = one_error_line(capfd.readouterr().err)
+    assert line.startswith(f"error: No space left on device under {tmp_path / 'out' / 'shards' / '00001'}: free")
+    assert cache_format.completed_shards(tmp_path / "out") == {0}
+    assert run_command("scorers_torch.preprocess", *config, f"--config.output_dir={tmp_path / 'out'}") == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["rows"] == 8
 
 
 def test_a_truncated_weight_file_of_the_base_model_is_named(tiny_pipeline, tmp_path):

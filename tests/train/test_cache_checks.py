@@ -102,3 +102,23 @@ def test_non_finite_latents_are_found_when_read(cache):
     with pytest.raises(CacheError, match=r"shards/00002/latents_1.npy row 4 is not finite"):
         for step in range(loader.batches_per_epoch):
             loader.batch(step)
+
+
+def test_manifest_against_job_json_and_the_arrays_family(cache):
+    """An edited scorer order trained on one scorer's column under another's name, silently (#24)."""
+    manifest = manifest_of(cache)
+    write_manifest(cache, {**manifest, "scorers": manifest["scorers"][::-1]})
+    opens_with(
+        cache,
+        r"manifest.json differs from .*job.json, which wrote the arrays, in \['scorers'\] \(scorers "
+        r"\['saturation', 'prompt_match', 'brightness'\] in the manifest, \['brightness', 'prompt_match', "
+        r"'saturation'\] in the arrays\): .*delete it and run the preprocessing job again",
+    )
+    base = manifest["base_model"]
+    write_manifest(cache, {**manifest, "base_model": {**base, "family": "sdxl"}})
+    opens_with(cache, r"says the base model family is 'sdxl' with pooled_dim None, where an SDXL-family model has")
+    write_manifest(cache, {**manifest, "base_model": {**base, "family": "sdxl", "pooled_dim": 1280}})
+    opens_with(cache, r"describes an SDXL-family model, but no shard holds pooled.npy: its arrays are an SD1/SD2")
+    write_manifest(cache, manifest)
+    np.save(cache / "shards" / "00001" / "pooled.npy", np.zeros((3, 8), np.float16))
+    opens_with(cache, r"describes an SD1/SD2-family model, but .*shards/00001 holds pooled.npy")
