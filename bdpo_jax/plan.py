@@ -29,7 +29,10 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -41,14 +44,17 @@ from bdpo_jax.errors import UserError
 from bdpo_jax.models import UNetConfig
 from bdpo_jax.models.presets import unet_preset
 from bdpo_jax.optim import make_optimizer
+from bdpo_jax.xla_memory import MemoryAnalysis, until_buffer_assignment
 
 REMAT_ORDER = ("none", "save_dots", "full")  # least recomputation first
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_HLO_OP = re.compile(r"= (\(?[a-z0-9]+\[[^=]*?) (" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+# A collective's result: a synchronous op's, or an async pair's "-done" (its "-start" also holds the operands).
+_HLO_OP = re.compile(r"= (\(?[a-z0-9]+\[[^=]*?) (" + "|".join(COLLECTIVES) + r")(?:-done)?\(")
 _ARRAY = re.compile(r"([a-z]+[0-9]*)\[([\d,]*)\]")
 # GPU compiles skip autotuning; without it Triton's GEMM tiling fails on SD's backward (an XLA internal
 # error), so GPU plans compile matmuls with cuBLAS: its memory may differ slightly from a tuned run's.
-GPU_XLA_FLAGS = "--xla_gpu_enable_triton_gemm=false"
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+_CUSTOM_CALL = re.compile(r'custom_call_target="([^"]+)"')
 
 
 @dataclasses.dataclass
@@ -75,6 +81,7 @@ class Plan:
     estimated_seconds: float | None = None  # TPU cost model, per step
     pallas_flops: float = 0.0  # per chip per step, in kernels the cost model does not see
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)  # bytes each kind moves, per chip
+    custom_calls: dict[str, int] = dataclasses.field(default_factory=dict)  # kernels in the program, by target
     peak_tflops: float | None = None
     error: str | None = None  # the compiler's refusal, when it did not fit
 
@@ -133,6 +140,14 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     return {k: v for k, v in moved.items() if v}
 
 
+def custom_call_counts(hlo_text: str) -> dict[str, int]:
+    """How many times each custom call (a Pallas kernel, cuDNN's attention, ...) appears in a compiled program."""
+    counts: dict[str, int] = {}
+    for name in _CUSTOM_CALL.findall(hlo_text):
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def attention_flops(plan: trainer.RunPlan, pairs: int) -> dict[str, float]:
     """FLOPs of the UNet's attention maps (QK^T and PV) per chip per step, forward and backward,
     split by the kernel that runs them: what the TPU cost model misses inside Pallas kernels."""
@@ -179,14 +194,23 @@ def plan_config(
     return config
 
 
-def compile_plan(
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A checked run's step and abstract arguments, and the plan's figures that need no compile."""
+
+    step: Any  # jitted (state, batch, base) -> (state, metrics)
+    args: tuple  # ShapeDtypeStructs on the target's shardings
+    figures: dict[str, Any]
+
+
+def prepare(
     config: ml_collections.ConfigDict,
     target: targets.Target,
     devices: list,
     unet_config: UNetConfig | None,
     num_scorers: int = 4,
-) -> Plan:
-    """Checks the config for the target's devices and compiles its train step for them."""
+) -> Prepared:
+    """Checks the config for the target's devices; the run's own step over its mesh, not yet compiled."""
     run = trainer.check(config, devices, unet_config, num_scorers)
     mesh = sharding.make_mesh(*run.mesh_shape, run.devices)
     optimizer, schedule = make_optimizer(config)
@@ -197,7 +221,6 @@ def compile_plan(
     on_batch = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=on_batch) for k, v in run.abstract_batch().items()}
     chips = len(devices)
-    pairs = config.train.global_batch / chips / config.train.grad_accum
     parts = {
         "params": per_chip_bytes(state.params),
         "reference": per_chip_bytes(state.ref_params),
@@ -209,7 +232,7 @@ def compile_plan(
         target=target.name,
         device_kind=devices[0].device_kind,
         chips=chips,
-        pairs_per_chip=pairs,
+        pairs_per_chip=config.train.global_batch / chips / config.train.grad_accum,
         grad_accum=config.train.grad_accum,
         remat=config.model.remat,
         attention=", ".join(sorted(k for k, v in kernels.items() if v)),
@@ -219,40 +242,89 @@ def compile_plan(
         peak_tflops=target.peak_tflops,
         pallas_flops=kernels.get("splash", 0.0),
     )
-    start = time.perf_counter()
-    try:
-        compiled = step.lower(state, batch, base).compile()
-    except Exception as e:  # the TPU compiler refuses a program that does not fit its chip's memory
-        if "RESOURCE_EXHAUSTED" not in str(e) and "exceed" not in str(e).lower():
-            raise
-        return Plan(
-            **figures,
-            arguments=0,
-            outputs=0,
-            aliased=0,
-            temporaries=0,
-            fits=False,
-            compile_seconds=time.perf_counter() - start,
-            error=str(e).splitlines()[0][:300],
-        )
-    seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis() or {}
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return Prepared(step, (state, batch, base), figures)
+
+
+def refused(figures: dict, seconds: float, message: str) -> Plan | None:
+    """The plan of a program the TPU compiler refused for want of memory; None for any other failure."""
+    if "RESOURCE_EXHAUSTED" not in message and "exceed" not in message.lower():
+        return None
+    reason = next((line for line in message.splitlines() if "RESOURCE_EXHAUSTED" in line), message.splitlines()[0])
+    return Plan(
+        **figures, arguments=0, outputs=0, aliased=0, temporaries=0, fits=False, compile_seconds=seconds,
+        error=reason.strip()[:300],
+    )  # fmt: skip
+
+
+def from_program(figures: dict, seconds: float, memory: MemoryAnalysis, hlo: str, cost: dict | None = None) -> Plan:
+    cost = cost or {}
     plan = Plan(
         **figures,
-        arguments=memory.argument_size_in_bytes,
-        outputs=memory.output_size_in_bytes,
-        aliased=memory.alias_size_in_bytes,
-        temporaries=memory.temp_size_in_bytes,
+        arguments=memory.arguments,
+        outputs=memory.outputs,
+        aliased=memory.aliased,
+        temporaries=memory.temporaries,
         fits=True,
         compile_seconds=seconds,
         flops=float(cost["flops"]) if cost.get("flops") else None,
         estimated_seconds=float(cost["optimal_seconds"]) if cost.get("optimal_seconds") else None,
-        collectives=collective_bytes(compiled.as_text()) if chips > 1 else {},
+        collectives=collective_bytes(hlo) if figures["chips"] > 1 else {},
+        custom_calls=custom_call_counts(hlo),
     )
-    plan.fits = plan.total <= target.memory
+    plan.fits = plan.total <= plan.chip_memory
     return plan
+
+
+def compile_plan(
+    config: ml_collections.ConfigDict,
+    target: targets.Target,
+    devices: list,
+    unet_config: UNetConfig | None,
+    num_scorers: int = 4,
+) -> Plan:
+    """The config's train step compiled for the target's devices: memory, and on TPU the cost model's time."""
+    prepared = prepare(config, target, devices, unet_config, num_scorers)
+    start = time.perf_counter()
+    try:
+        options = GPU_COMPILER_OPTIONS if target.platform == "gpu" else None
+        compiled = prepared.step.lower(*prepared.args).compile(options)
+    except Exception as e:  # the TPU compiler refuses a program that does not fit its chip's memory
+        plan = refused(prepared.figures, time.perf_counter() - start, str(e))
+        if plan is None:
+            raise
+        return plan
+    seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return from_program(prepared.figures, seconds, MemoryAnalysis.of_compiled(compiled), compiled.as_text(), cost)
+
+
+def memory_plan(
+    config: ml_collections.ConfigDict,
+    target: targets.Target,
+    devices: list,
+    unet_config: UNetConfig | None,
+    num_scorers: int,
+    command: list[str],
+    timeout_s: float,
+) -> Plan:
+    """The memory of ``compile_plan``'s program without its code generation (most of a large
+    compile's time): ``command`` compiles the same step in a child process with XLA's dump on,
+    stopped once XLA has assigned its buffers. No time estimate (that needs the finished program)."""
+    figures = prepare(config, target, devices, unet_config, num_scorers).figures
+    with tempfile.TemporaryDirectory(prefix="bdpo-plan-") as folder:
+        dump = Path(folder)
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
+        start = time.perf_counter()
+        try:
+            path, seconds = until_buffer_assignment(command, dump, "step_on_mesh", timeout_s, {"XLA_FLAGS": flags})
+        except RuntimeError as e:
+            plan = refused(figures, time.perf_counter() - start, str(e))
+            if plan is None:
+                raise
+            return plan
+        hlo = path.with_name(path.name.replace("-buffer-assignment", "")).read_text()
+        return from_program(figures, seconds, MemoryAnalysis.of_buffer_assignment(path.read_text()), hlo)
 
 
 def describe(plan: Plan) -> list[str]:
@@ -284,26 +356,20 @@ def describe(plan: Plan) -> list[str]:
         )
     for kind, size in plan.collectives.items():
         lines.append(f"  {kind:<12} {gib(size)} per chip per step")
+    if plan.custom_calls:
+        lines.append("  kernels      " + ", ".join(f"{name} x{n}" for name, n in sorted(plan.custom_calls.items())))
     return lines
 
 
-def fit(
-    config: ml_collections.ConfigDict,
-    target: targets.Target,
-    devices: list,
-    unet_config: UNetConfig | None,
-    num_scorers: int = 4,
-    report=print,
-) -> list[Plan]:
+def fit(make_plan: Callable[[int, str], Plan], wanted: int, report: Callable[[str], None] = print) -> list[Plan]:
     """For each remat policy (least recomputation first), the largest power-of-two pairs per
-    chip that fits, up to the config's global batch per chip; stops at the first policy whose
-    largest is that batch. Each attempt is one compile."""
-    wanted = max(config.train.global_batch // target.chips, 1)
+    chip that fits, up to ``wanted`` (the config's batch per chip); stops at the first policy
+    whose largest is ``wanted``. ``make_plan(pairs_per_chip, remat)``: one compile."""
     best = []
     for remat in REMAT_ORDER:
         fitted, pairs = None, 1
         while pairs <= wanted:
-            plan = compile_plan(plan_config(config, target, pairs, remat), target, devices, unet_config, num_scorers)
+            plan = make_plan(pairs, remat)
             for line in describe(plan):
                 report(line)
             if not plan.fits:
@@ -325,8 +391,16 @@ def unet_from_flag(name: str | None) -> UNetConfig | None:
         raise PlanError(str(e.args[0])) from None
 
 
+OWN_FLAGS = ("fit", "memory_only", "json", "pairs_per_chip", "config.model.remat")
+
+
+def child_command(argv: list[str], pairs: int, remat: str) -> list[str]:
+    """This command line as one compile of ``pairs`` per chip under ``remat`` (``--memory_only``'s child)."""
+    kept = [a for a in argv[1:] if a.lstrip("-").split("=", 1)[0].removeprefix("no") not in OWN_FLAGS]
+    return [sys.executable, "-m", "bdpo_jax.plan", *kept, f"--pairs_per_chip={pairs}", f"--config.model.remat={remat}"]
+
+
 def main(argv: list[str]) -> None:
-    del argv
     from absl import flags
 
     from bdpo_jax import console
@@ -340,36 +414,39 @@ def main(argv: list[str]) -> None:
     devices = targets.devices(target, f.chips)
     if f.chips:
         target = dataclasses.replace(target, name=f"{target.name} ({f.chips} of {target.chips} chips)", chips=f.chips)
-    config = plan_config(f.config, target, f.pairs_per_chip, None)
-    print(f"compiling the train step for {target.name} ({len(devices)} x {devices[0].device_kind}) on this CPU ...")
-    plans = (
-        fit(config, target, devices, unet_config, f.scorers)
-        if f.fit
-        else [compile_plan(config, target, devices, unet_config, f.scorers)]
-    )
+
+    def make_plan(pairs: int | None, remat: str | None) -> Plan:
+        config = plan_config(f.config, target, pairs, remat)
+        if not f.memory_only:
+            return compile_plan(config, target, devices, unet_config, f.scorers)
+        command = child_command(argv, pairs or f.config.train.global_batch // target.chips, config.model.remat)
+        return memory_plan(config, target, devices, unet_config, f.scorers, command, f.timeout_s)
+
+    what = "memory of the train step (compiled up to buffer assignment)" if f.memory_only else "the train step"
+    print(f"compiling {what} for {target.name} ({len(devices)} x {devices[0].device_kind}) on this CPU ...")
     if not f.fit:
+        plans = [make_plan(f.pairs_per_chip, None)]
         print("\n".join(describe(plans[0])))
-    elif plans:
-        best = plans[-1]
-        accum = max(math.ceil(f.config.train.global_batch / (best.pairs_per_chip * best.chips)), 1)
-        print(
-            f"largest that fits: {best.pairs_per_chip:g} pairs per chip with remat {best.remat}; "
-            f"the config's {f.config.train.global_batch} pairs per step take grad_accum {accum}"
-        )
     else:
-        print(f"nothing fits {target.name}, not even 1 pair per chip with remat 'full'")
+        plans = fit(make_plan, max(f.config.train.global_batch // target.chips, 1))
+        if plans:
+            best = plans[-1]
+            accum = max(math.ceil(f.config.train.global_batch / (best.pairs_per_chip * best.chips)), 1)
+            print(
+                f"largest that fits: {best.pairs_per_chip:g} pairs per chip with remat {best.remat}; "
+                f"the config's {f.config.train.global_batch} pairs per step take grad_accum {accum}"
+            )
+        else:
+            print(f"nothing fits {target.name}, not even 1 pair per chip with remat 'full'")
     if f.json:
         with open(f.json, "w") as out:
             json.dump([p.as_dict() for p in plans], out, indent=1)
 
 
-def setup_platform(target_name: str | None) -> None:
-    """Before any backend starts: CPU only (the target's devices are descriptions), and a GPU
-    target's compiler flags."""
+def cpu_only() -> None:
+    """Before any backend starts: this process runs on its CPU (the target's devices are descriptions)."""
     os.environ["JAX_PLATFORMS"] = "cpu"
     jax.config.update("jax_platforms", "cpu")
-    if target_name in targets.TARGETS and targets.TARGETS[target_name].platform == "gpu":
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {GPU_XLA_FLAGS}".strip()
 
 
 if __name__ == "__main__":
@@ -385,7 +462,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("pairs_per_chip", None, "Pairs per chip per micro-batch (default: the config's batch).")
     flags.DEFINE_integer("chips", None, "Compile for the slice's first N chips only (default: all).")
     flags.DEFINE_integer("scorers", 4, "Scorers in the batch where no cache says (the paper's four).")
+    flags.DEFINE_bool("memory_only", False, "Memory only, from a compile stopped at buffer assignment (minutes).")
+    flags.DEFINE_float("timeout_s", 3600, "--memory_only: give up on a compile after this long.")
     flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
     flags.mark_flags_as_required(["config", "target"])
-    setup_platform(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--target=")), None))
+    cpu_only()
     app.run(main_with_clear_errors(main))

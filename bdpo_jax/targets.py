@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 
 import jax
 
@@ -160,6 +161,9 @@ def devices(target: Target, chips: int | None = None) -> list:
     if jax.config.jax_platforms != "cpu":
         raise TargetError("compiling for a target without its hardware needs JAX_PLATFORMS=cpu in this process")
     if target.platform == "tpu":
+        # libtpu locks /tmp/libtpu_lockfile so that one process owns the chips; a description opens none,
+        # and two plans (or a plan and a test) may compile side by side
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         found = topologies.get_topology_desc(topology_name=target.topology, platform="tpu").devices
     else:
         config = target.gpu.target_config(target.device_kind, target.memory)
