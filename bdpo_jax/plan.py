@@ -148,9 +148,11 @@ def custom_call_counts(hlo_text: str) -> dict[str, int]:
     return counts
 
 
-def attention_flops(plan: trainer.RunPlan, pairs: int) -> dict[str, float]:
+def attention_flops(plan: trainer.RunPlan, pairs: float, forwards: int = 3) -> dict[str, float]:
     """FLOPs of the UNet's attention maps (QK^T and PV) per chip per step, forward and backward,
-    split by the kernel that runs them: what the TPU cost model misses inside Pallas kernels."""
+    split by the kernel that runs them: what the TPU cost model misses inside Pallas kernels.
+    ``forwards``: 3 with the stacked reference (policy and reference stacked, the policy's again
+    in the backward pass), 2 without; the backward counts as two; remat's recomputation is not counted."""
     from bdpo_jax.models.attention import choose_attention
 
     unet, options = plan.unet_config, plan.options
@@ -163,9 +165,8 @@ def attention_flops(plan: trainer.RunPlan, pairs: int) -> dict[str, float]:
         channels = unet.block_out_channels[level]
         heads = unet.num_attention_heads[level]
         kernel = choose_attention(options.attention, options.platform, options.dtype, channels // heads, tokens, keys)
-        # 2 matmuls of 2*T*S*C each; images: 2 per pair; forwards: stacked policy+reference (2), the
-        # policy's recomputation (1); backward: 2x a forward
-        flops = 2 * 2 * tokens * keys * channels * 2 * pairs * (2 + 1 + 2) * count
+        # 2 matmuls of 2*T*S*C each, 2 images per pair, the forwards and a backward of two
+        flops = 2 * 2 * tokens * keys * channels * 2 * pairs * (forwards + 2) * count
         by_kernel[kernel] = by_kernel.get(kernel, 0.0) + flops
 
     for level in range(levels):
@@ -209,9 +210,14 @@ def prepare(
     devices: list,
     unet_config: UNetConfig | None,
     num_scorers: int = 4,
+    stacked_reference: bool = True,
 ) -> Prepared:
-    """Checks the config for the target's devices; the run's own step over its mesh, not yet compiled."""
+    """Checks the config for the target's devices; the run's own step over its mesh, not yet compiled.
+    ``stacked_reference`` False: the reference's forward apart from the policy's (for comparison;
+    the run always stacks them, for an exactly zero margin where they are equal)."""
     run = trainer.check(config, devices, unet_config, num_scorers)
+    if not stacked_reference:
+        run = dataclasses.replace(run, step_config=dataclasses.replace(run.step_config, stacked_reference=False))
     mesh = sharding.make_mesh(*run.mesh_shape, run.devices)
     optimizer, schedule = make_optimizer(config)
     graphdef, state, state_shardings, base = trainer.abstract_state(run, mesh, optimizer)
@@ -227,7 +233,7 @@ def prepare(
         "optimizer": per_chip_bytes(state.opt_state),
         "frozen base": per_chip_bytes(base),
     }
-    kernels = attention_flops(run, config.train.global_batch / chips)
+    kernels = attention_flops(run, config.train.global_batch / chips, 3 if stacked_reference else 2)
     figures = dict(
         target=target.name,
         device_kind=devices[0].device_kind,
@@ -281,9 +287,10 @@ def compile_plan(
     devices: list,
     unet_config: UNetConfig | None,
     num_scorers: int = 4,
+    stacked_reference: bool = True,
 ) -> Plan:
     """The config's train step compiled for the target's devices: memory, and on TPU the cost model's time."""
-    prepared = prepare(config, target, devices, unet_config, num_scorers)
+    prepared = prepare(config, target, devices, unet_config, num_scorers, stacked_reference)
     start = time.perf_counter()
     try:
         options = GPU_COMPILER_OPTIONS if target.platform == "gpu" else None
@@ -307,11 +314,12 @@ def memory_plan(
     num_scorers: int,
     command: list[str],
     timeout_s: float,
+    stacked_reference: bool = True,
 ) -> Plan:
     """The memory of ``compile_plan``'s program without its code generation (most of a large
     compile's time): ``command`` compiles the same step in a child process with XLA's dump on,
     stopped once XLA has assigned its buffers. No time estimate (that needs the finished program)."""
-    figures = prepare(config, target, devices, unet_config, num_scorers).figures
+    figures = prepare(config, target, devices, unet_config, num_scorers, stacked_reference).figures
     with tempfile.TemporaryDirectory(prefix="bdpo-plan-") as folder:
         dump = Path(folder)
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
@@ -391,12 +399,21 @@ def unet_from_flag(name: str | None) -> UNetConfig | None:
         raise PlanError(str(e.args[0])) from None
 
 
-OWN_FLAGS = ("fit", "memory_only", "json", "pairs_per_chip", "config.model.remat")
+OWN_FLAGS = {"fit": bool, "memory_only": bool, "json": str, "pairs_per_chip": int, "config.model.remat": str}
 
 
 def child_command(argv: list[str], pairs: int, remat: str) -> list[str]:
     """This command line as one compile of ``pairs`` per chip under ``remat`` (``--memory_only``'s child)."""
-    kept = [a for a in argv[1:] if a.lstrip("-").split("=", 1)[0].removeprefix("no") not in OWN_FLAGS]
+    kept, args = [], iter(argv[1:])
+    for arg in args:
+        name = arg.lstrip("-").split("=", 1)[0]
+        if name.removeprefix("no") in OWN_FLAGS and OWN_FLAGS[name.removeprefix("no")] is bool:
+            continue
+        if name in OWN_FLAGS:
+            if "=" not in arg:
+                next(args, None)  # its value, given as the next argument
+            continue
+        kept.append(arg)
     return [sys.executable, "-m", "bdpo_jax.plan", *kept, f"--pairs_per_chip={pairs}", f"--config.model.remat={remat}"]
 
 
@@ -417,10 +434,11 @@ def main(argv: list[str]) -> None:
 
     def make_plan(pairs: int | None, remat: str | None) -> Plan:
         config = plan_config(f.config, target, pairs, remat)
+        stacked = f.reference == "stacked"
         if not f.memory_only:
-            return compile_plan(config, target, devices, unet_config, f.scorers)
-        command = child_command(argv, pairs or f.config.train.global_batch // target.chips, config.model.remat)
-        return memory_plan(config, target, devices, unet_config, f.scorers, command, f.timeout_s)
+            return compile_plan(config, target, devices, unet_config, f.scorers, stacked)
+        command = child_command(sys.argv, pairs or f.config.train.global_batch // target.chips, config.model.remat)
+        return memory_plan(config, target, devices, unet_config, f.scorers, command, f.timeout_s, stacked)
 
     what = "memory of the train step (compiled up to buffer assignment)" if f.memory_only else "the train step"
     print(f"compiling {what} for {target.name} ({len(devices)} x {devices[0].device_kind}) on this CPU ...")
@@ -464,6 +482,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("scorers", 4, "Scorers in the batch where no cache says (the paper's four).")
     flags.DEFINE_bool("memory_only", False, "Memory only, from a compile stopped at buffer assignment (minutes).")
     flags.DEFINE_float("timeout_s", 3600, "--memory_only: give up on a compile after this long.")
+    flags.DEFINE_enum(
+        "reference", "stacked", ["stacked", "two_forward"], "two_forward: compare the reference's forward apart"
+    )
     flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
     flags.mark_flags_as_required(["config", "target"])
     cpu_only()
