@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -77,6 +78,7 @@ class Plan:
     chip_memory: int
     fits: bool
     compile_seconds: float
+    compile_cpu_seconds: float | None = None  # the compile's user + system time: its cost on an idle machine
     flops: float | None = None  # per chip per step, XLA's count
     estimated_seconds: float | None = None  # TPU cost model, per step
     pallas_flops: float = 0.0  # per chip per step, in kernels the cost model does not see
@@ -251,6 +253,11 @@ def prepare(
     return Prepared(step, (state, batch, base), figures)
 
 
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def refused(figures: dict, seconds: float, message: str) -> Plan | None:
     """The plan of a program the TPU compiler refused for want of memory; None for any other failure."""
     if "RESOURCE_EXHAUSTED" not in message and "exceed" not in message.lower():
@@ -291,7 +298,7 @@ def compile_plan(
 ) -> Plan:
     """The config's train step compiled for the target's devices: memory, and on TPU the cost model's time."""
     prepared = prepare(config, target, devices, unet_config, num_scorers, stacked_reference)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     try:
         options = GPU_COMPILER_OPTIONS if target.platform == "gpu" else None
         compiled = prepared.step.lower(*prepared.args).compile(options)
@@ -300,10 +307,11 @@ def compile_plan(
         if plan is None:
             raise
         return plan
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return from_program(prepared.figures, seconds, MemoryAnalysis.of_compiled(compiled), compiled.as_text(), cost)
+    plan = from_program(prepared.figures, seconds, MemoryAnalysis.of_compiled(compiled), compiled.as_text(), cost)
+    return dataclasses.replace(plan, compile_cpu_seconds=cpu)
 
 
 def memory_plan(
@@ -323,7 +331,7 @@ def memory_plan(
     with tempfile.TemporaryDirectory(prefix="bdpo-plan-") as folder:
         dump = Path(folder)
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         try:
             path, seconds = until_buffer_assignment(command, dump, "step_on_mesh", timeout_s, {"XLA_FLAGS": flags})
         except RuntimeError as e:
@@ -331,8 +339,10 @@ def memory_plan(
             if plan is None:
                 raise
             return plan
+        cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_start  # the child's, once it is reaped
         hlo = path.with_name(path.name.replace("-buffer-assignment", "")).read_text()
-        return from_program(figures, seconds, MemoryAnalysis.of_buffer_assignment(path.read_text()), hlo)
+        plan = from_program(figures, seconds, MemoryAnalysis.of_buffer_assignment(path.read_text()), hlo)
+        return dataclasses.replace(plan, compile_cpu_seconds=cpu)
 
 
 def describe(plan: Plan) -> list[str]:
@@ -340,7 +350,7 @@ def describe(plan: Plan) -> list[str]:
     lines = [
         f"{plan.target}: {plan.chips} x {plan.device_kind}, {plan.pairs_per_chip:g} pairs per chip per micro-batch "
         f"x grad_accum {plan.grad_accum}, remat {plan.remat}, attention {plan.attention} "
-        f"(compiled in {plan.compile_seconds:.0f} s)",
+        f"(compiled in {plan.compile_seconds:.0f} s, {plan.compile_cpu_seconds or 0:.0f} s of CPU)",
     ]
     if plan.error:
         return [*lines, f"  does not fit: {plan.error}"]
