@@ -100,3 +100,32 @@ def test_collective_bytes_are_read_from_the_compiled_program():
   %x = f32[10]{0} add(f32[10]{0} %y, f32[10]{0} %z)
 """
     assert plan_module.collective_bytes(hlo) == {"all-gather": 2 * 4 * 320, "all-reduce": 4 * 8 + 4 * 4}
+
+
+def test_fit_finds_the_largest_batch_per_remat_policy():
+    """Doubling pairs per chip until a compile does not fit; the next policy only where the
+    last did not reach the config's batch (fake compiles: what fits is a rule here)."""
+    limit = {"none": 4, "save_dots": 8, "full": 32}
+    tried = []
+
+    def make_plan(pairs, remat):
+        tried.append((pairs, remat))
+        return plan_module.Plan(
+            target="t", device_kind="k", chips=1, pairs_per_chip=pairs, grad_accum=1, remat=remat,
+            attention="xla", state={}, batch=0, arguments=0, outputs=0, aliased=0, temporaries=0,
+            chip_memory=1, fits=pairs <= limit[remat], compile_seconds=0.0,
+        )  # fmt: skip
+
+    best = plan_module.fit(make_plan, wanted=8, report=lambda line: None)
+    assert [(p.remat, p.pairs_per_chip) for p in best] == [("none", 4), ("save_dots", 8)]
+    assert tried == [(1, "none"), (2, "none"), (4, "none"), (8, "none"), *((p, "save_dots") for p in (1, 2, 4, 8))]
+
+
+def test_memory_only_child_is_this_command_line_as_one_compile():
+    argv = ["plan.py", "--config", "c.py:sd15", "--memory_only", "--fit", "--json", "out.json", "--pairs_per_chip=2"]
+    argv += ["--config.model.remat", "full", "--target=h100", "--config.train.beta=10"]
+    command = plan_module.child_command(argv, 4, "save_dots")
+    assert command[1:] == [
+        "-m", "bdpo_jax.plan", "--config", "c.py:sd15", "--target=h100", "--config.train.beta=10",
+        "--pairs_per_chip=4", "--config.model.remat=save_dots",
+    ]  # fmt: skip
