@@ -206,18 +206,27 @@ class Prepared:
     figures: dict[str, Any]
 
 
-def prepare(
-    config: ml_collections.ConfigDict,
-    target: targets.Target,
-    devices: list,
-    unet_config: UNetConfig | None,
-    num_scorers: int = 4,
-    stacked_reference: bool = True,
-) -> Prepared:
-    """Checks the config for the target's devices; the run's own step over its mesh, not yet compiled.
-    ``stacked_reference`` False: the reference's forward apart from the policy's (for comparison;
-    the run always stacks them, for an exactly zero margin where they are equal)."""
-    run = trainer.check(config, devices, unet_config, num_scorers)
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One compile: a config for a target's devices. ``unet_config``: the UNet where the config
+    names no base model; ``num_scorers``: where no cache says; ``stacked_reference`` False: the
+    reference's forward apart from the policy's (for comparison: a run always stacks them, for an
+    exactly zero margin where they are equal)."""
+
+    config: ml_collections.ConfigDict
+    target: targets.Target
+    devices: list
+    unet_config: UNetConfig | None = None
+    num_scorers: int = 4
+    stacked_reference: bool = True
+
+
+def prepare(request: Request) -> Prepared:
+    """Checks the config for the target's devices; the run's own step over its mesh, not yet compiled."""
+    config, target, devices, stacked_reference = (
+        request.config, request.target, request.devices, request.stacked_reference
+    )  # fmt: skip
+    run = trainer.check(config, devices, request.unet_config, request.num_scorers)
     if not stacked_reference:
         run = dataclasses.replace(run, step_config=dataclasses.replace(run.step_config, stacked_reference=False))
     mesh = sharding.make_mesh(*run.mesh_shape, run.devices)
@@ -288,19 +297,12 @@ def from_program(figures: dict, seconds: float, memory: MemoryAnalysis, hlo: str
     return plan
 
 
-def compile_plan(
-    config: ml_collections.ConfigDict,
-    target: targets.Target,
-    devices: list,
-    unet_config: UNetConfig | None,
-    num_scorers: int = 4,
-    stacked_reference: bool = True,
-) -> Plan:
+def compile_plan(request: Request) -> Plan:
     """The config's train step compiled for the target's devices: memory, and on TPU the cost model's time."""
-    prepared = prepare(config, target, devices, unet_config, num_scorers, stacked_reference)
+    prepared = prepare(request)
     start, cpu_start = time.perf_counter(), cpu_seconds()
     try:
-        options = GPU_COMPILER_OPTIONS if target.platform == "gpu" else None
+        options = GPU_COMPILER_OPTIONS if request.target.platform == "gpu" else None
         compiled = prepared.step.lower(*prepared.args).compile(options)
     except Exception as e:  # the TPU compiler refuses a program that does not fit its chip's memory
         plan = refused(prepared.figures, time.perf_counter() - start, str(e))
@@ -314,20 +316,11 @@ def compile_plan(
     return dataclasses.replace(plan, compile_cpu_seconds=cpu)
 
 
-def memory_plan(
-    config: ml_collections.ConfigDict,
-    target: targets.Target,
-    devices: list,
-    unet_config: UNetConfig | None,
-    num_scorers: int,
-    command: list[str],
-    timeout_s: float,
-    stacked_reference: bool = True,
-) -> Plan:
+def memory_plan(request: Request, command: list[str], timeout_s: float) -> Plan:
     """The memory of ``compile_plan``'s program without its code generation (most of a large
     compile's time): ``command`` compiles the same step in a child process with XLA's dump on,
     stopped once XLA has assigned its buffers. No time estimate (that needs the finished program)."""
-    figures = prepare(config, target, devices, unet_config, num_scorers, stacked_reference).figures
+    figures = prepare(request).figures
     with tempfile.TemporaryDirectory(prefix="bdpo-plan-") as folder:
         dump = Path(folder)
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
@@ -444,11 +437,11 @@ def main(argv: list[str]) -> None:
 
     def make_plan(pairs: int | None, remat: str | None) -> Plan:
         config = plan_config(f.config, target, pairs, remat)
-        stacked = f.reference == "stacked"
+        request = Request(config, target, devices, unet_config, f.scorers, f.reference == "stacked")
         if not f.memory_only:
-            return compile_plan(config, target, devices, unet_config, f.scorers, stacked)
+            return compile_plan(request)
         command = child_command(sys.argv, pairs or f.config.train.global_batch // target.chips, config.model.remat)
-        return memory_plan(config, target, devices, unet_config, f.scorers, command, f.timeout_s, stacked)
+        return memory_plan(request, command, f.timeout_s)
 
     what = "memory of the train step (compiled up to buffer assignment)" if f.memory_only else "the train step"
     print(f"compiling {what} for {target.name} ({len(devices)} x {devices[0].device_kind}) on this CPU ...")

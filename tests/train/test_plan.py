@@ -36,7 +36,7 @@ def compile_tiny(target_name: str, chips: int, **model):
     config = tiny.get_config()
     config.model.update(model)
     config = plan_module.plan_config(config, target, pairs_per_chip=1, remat=None)
-    return plan_module.compile_plan(config, target, targets.devices(target, chips), MICRO)
+    return plan_module.compile_plan(plan_module.Request(config, target, targets.devices(target, chips), MICRO))
 
 
 @pytest.fixture(scope="module")
