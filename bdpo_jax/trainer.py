@@ -27,6 +27,7 @@ from bdpo_jax.data import Augment, CacheDataset, PairLoader
 from bdpo_jax.errors import UserError
 from bdpo_jax.labels import LabelSource
 from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, load_params
+from bdpo_jax.models.attention import check_attention
 from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import init_adapters
 from bdpo_jax.models.weights import find_unet_dir, weight_files
@@ -226,6 +227,15 @@ def check(
     base_entry = manifest["base_model"] if manifest else (base_model_entry(unet) if unet else None)
     if unet is not None and mesh_shape is not None and base_entry is not None:
         problems += cache_vs_model_problems(config, base_entry, unet, len(devices), mesh_shape)
+    platform = devices[0].platform
+    if unet is not None and config.model.dtype in DTYPES:  # a forced kernel must run on the devices' platform
+        head_dims = sorted({c // h for c, h in zip(unet.block_out_channels, unet.num_attention_heads, strict=True)})
+        before = len(problems)
+        for head_dim in head_dims:
+            if len(problems) == before:  # one problem, for the first head dim it cannot run
+                attempt(
+                    "model.attention", check_attention, config.model.attention, platform, config.model.dtype, head_dim
+                )
     lora = attempt("lora", lora_spec, config) if config.lora.rank > 0 else None
     if lora is not None and unet is not None:
         attempt("lora.targets", abstract_unet, unet, ModelOptions(), lora)  # each target names a layer
@@ -246,7 +256,7 @@ def check(
         compute_dtype=config.model.dtype,
         ref_dtype=config.model.ref_dtype or config.model.dtype,
     )
-    options = dataclasses.replace(model_options(config), platform=devices[0].platform)
+    options = dataclasses.replace(model_options(config), platform=platform)
     return RunPlan(
         config,
         manifest,

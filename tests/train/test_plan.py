@@ -86,10 +86,12 @@ def test_planning_needs_no_cache_and_still_reports_every_problem():
     assert batch["text_states"].shape == (config.train.global_batch, 77, 32)
     config.train.objective = "ppo"
     config.mesh.data = 3
+    config.model.attention = "cudnn"
     with pytest.raises(trainer.ConfigError) as error:
         trainer.check(config, jax.devices(), MICRO)
     message = str(error.value)
     assert "train.objective 'ppo'" in message and "mesh data x fsdp" in message and "cache is not set" not in message
+    assert message.count("model.attention: cuDNN attention needs a GPU") == 1, message  # on these CPU devices
 
 
 def test_collective_bytes_are_read_from_the_compiled_program():
