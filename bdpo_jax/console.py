@@ -35,7 +35,7 @@ def duration(seconds: float) -> str:
 def plan_lines(trainer, start: int, total: int, workdir: str, flops: float | None, peak: float | None) -> list[str]:
     """The run in a few lines: model, cache, pairs, devices, mesh, steps, estimated time."""
     plan, config = trainer.plan, trainer.config
-    dataset = plan.dataset
+    dataset = trainer.dataset
     devices = plan.devices
     data, fsdp = plan.mesh_shape
     if flops and peak:

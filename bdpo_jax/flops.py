@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-# Dense bf16 peak per device, TFLOP/s; a device not listed reports no MFU.
-PEAK_TFLOPS = {
-    "NVIDIA H100 80GB HBM3": 989.0,
-    "NVIDIA H200": 989.0,
-    "TPU v4": 275.0,
-    "TPU v5p": 459.0,
-    "TPU v5 lite": 197.0,
-}
+from bdpo_jax.targets import TARGETS
+
+# Dense bf16 peak per device, TFLOP/s, by the device kind jax names (a v5p chip compiled for without
+# the hardware is "TPU v5"); a device not listed reports no MFU.
+PEAK_TFLOPS = {t.device_kind: t.peak_tflops for t in TARGETS.values()} | {"TPU v5p": 459.0}
 
 
 def peak_tflops(device_kind: str) -> float | None:

@@ -7,7 +7,7 @@ device holds 1/fsdp of every large tensor and XLA gathers them per layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -79,3 +79,18 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     """Each process's slice of the batch, assembled into global arrays split over the batch axes."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def batch_parallel(fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
+    """``fn`` run by each device on its share of the arrays' leading (batch) axis, under
+    the mesh the step is traced with (``jax.set_mesh``): a Pallas kernel is opaque to
+    XLA's partitioner, which would gather the whole batch onto every device. Without
+    a mesh, or with a batch the mesh does not split, ``fn`` runs on the whole arrays."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return fn(*arrays)
+    shards = int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+    if shards == 1 or arrays[0].shape[0] % shards:
+        return fn(*arrays)
+    spec = P(BATCH_AXES)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec, check_vma=False)(*arrays)

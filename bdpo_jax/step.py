@@ -179,8 +179,7 @@ def sft_loss_and_metrics(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The SFT objective's training loss, as ``loss_and_metrics`` gives it, at a
     third of the compute: it needs neither the reference nor the losers, so one
-    forward of the policy on each pair's winner. (Held-out evaluation keeps the
-    full computation, for the DPO metrics against the reference.)"""
+    forward of the policy on each pair's winner."""
     del ref_params
     labels = pair_label(signs, weights)
     winner_first = (labels >= 0).reshape(-1, *[1] * (noise.ndim - 1))
@@ -198,23 +197,6 @@ def draw(rng: jax.Array, batch: dict, cfg: StepConfig) -> tuple[jax.Array, jax.A
     noise = jax.random.normal(noise_rng, batch["latents_0"].shape, jnp.float32)
     t = jax.random.randint(time_rng, (noise.shape[0],), 0, cfg.schedule.num_timesteps)
     return noise, t, *pair_signs(batch, cfg.label_source, label_rng)
-
-
-def eval_metrics(
-    params: dict,
-    ref_params: dict,
-    batch: dict,
-    rng: jax.Array,
-    base: dict | None = None,
-    *,
-    graphdef: nnx.GraphDef,
-    cfg: StepConfig,
-) -> dict[str, jax.Array]:
-    """The step's metrics without an update (held-out implicit accuracy, ...)."""
-    batch = to_compute(batch)
-    noise, t, signs, weights = draw(rng, batch, cfg)
-    decided = objective.decided_pairs(signs)
-    return loss_and_metrics(params, ref_params, batch, noise, t, signs, weights, decided, graphdef, cfg, base)[1]
 
 
 def train_step(

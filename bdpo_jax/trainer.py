@@ -1,9 +1,10 @@
-"""A run, checked and then built: ``plan_run`` validates every config value
+"""A run, checked and then built: ``check`` validates every config value
 against itself, the devices, the cache's manifest and the base model's
-config.json and lists every problem in one error, before any weight is read;
-``build_trainer`` then loads each weight tensor straight onto its shards and
-jits the step. With ``config.lora.rank`` > 0 the UNet's weights are a frozen
-base, loaded once (in ``lora.base_dtype``), and the state holds adapters.
+config.json and lists every problem in one error, with no weight and no cache
+array read (``bdpo_jax.plan`` starts here); ``build`` then opens the cache,
+loads each weight tensor straight onto its shards and jits the step. With
+``config.lora.rank`` > 0 the UNet's weights are a frozen base, loaded once (in
+``lora.base_dtype``), and the state holds adapters.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ import numpy as np
 import optax
 from flax import nnx
 
+from bdpo_jax import cache as cache_format
 from bdpo_jax import sharding
 from bdpo_jax.data import Augment, CacheDataset, PairLoader
 from bdpo_jax.errors import UserError
 from bdpo_jax.labels import LabelSource
 from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, load_params
+from bdpo_jax.models.attention import check_attention
 from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import init_adapters
 from bdpo_jax.models.weights import find_unet_dir, weight_files
 from bdpo_jax.objective import OBJECTIVES
 from bdpo_jax.optim import OPTIMIZERS, learning_rate_schedule, make_optimizer, peak_learning_rate
 from bdpo_jax.schedule import NoiseSchedule
-from bdpo_jax.step import StepConfig, TrainState, eval_metrics, init_state, train_step
+from bdpo_jax.step import StepConfig, TrainState, init_state, train_step
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -42,18 +45,27 @@ class ConfigError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-    """What a checked config resolves to; nothing in it holds a weight."""
+    """What a checked config resolves to; nothing in it holds a weight or a cache array."""
 
     config: ml_collections.ConfigDict
-    dataset: CacheDataset
-    unet_dir: Path
+    manifest: dict | None  # the cache's manifest; None when planning without a cache
+    unet_dir: Path | None  # None when planning from a UNet config alone
     unet_config: UNetConfig
     options: ModelOptions
     step_config: StepConfig
     devices: tuple
     mesh_shape: tuple[int, int]  # (data, fsdp)
     learning_rate: float
+    sizes: dict  # the cache schema's sizes (bdpo_jax.cache.dims): latents, scorers, text
     lora: LoRASpec | None = None  # None: full fine-tuning
+
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """One global batch's arrays as the loader gives them (the cache's dtypes)."""
+        rows = self.config.train.global_batch
+        return {
+            f.name: jax.ShapeDtypeStruct((rows, *cache_format.row_shape(f, self.sizes)), f.dtype)
+            for f in cache_format.fields_for(self.sizes, in_batch=True)
+        }
 
 
 def config_value_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -118,10 +130,9 @@ def lora_spec(config: ml_collections.ConfigDict) -> LoRASpec | None:
 
 
 def cache_vs_model_problems(
-    config: ml_collections.ConfigDict, dataset: CacheDataset, unet: UNetConfig, devices: int, mesh_shape: tuple
+    config: ml_collections.ConfigDict, base: dict, unet: UNetConfig, devices: int, mesh_shape: tuple
 ) -> list[str]:
-    """Mismatches between the config, the devices, the cache and the UNet."""
-    base = dataset.manifest["base_model"]
+    """Mismatches between the config, the devices, the cache's base model entry and the UNet."""
     h, w, c = base["latent_shape"]
     problems = []
     if c != unet.in_channels:
@@ -130,9 +141,9 @@ def cache_vs_model_problems(
         problems.append(
             f"the cache's text states are {base['text_dim']} wide, the UNet attends to {unet.cross_attention_dim[0]}"
         )
-    if (base["pooled_dim"] is not None) != (unet.addition_embed_type == "text_time"):
+    if (base.get("pooled_dim") is not None) != (unet.addition_embed_type == "text_time"):
         problems.append("the cache is for an SDXL-style model and the UNet is not, or the other way round")
-    elif base["pooled_dim"] is not None and base["pooled_dim"] != unet.pooled_text_dim:
+    elif base.get("pooled_dim") is not None and base["pooled_dim"] != unet.pooled_text_dim:
         problems.append(f"pooled text width {base['pooled_dim']} vs the UNet's {unet.pooled_text_dim}")
     factor = 2**unet.num_upsamplers
     if h % factor or w % factor:
@@ -144,15 +155,42 @@ def cache_vs_model_problems(
             f"train.global_batch {t.global_batch} must split into grad_accum {t.grad_accum} micro-batches "
             f"of equal shares for the {devices} devices (mesh data {data} x fsdp {fsdp})"
         )
-    if t.global_batch > len(dataset):
-        problems.append(f"train.global_batch {t.global_batch} is larger than the cache's {len(dataset)} usable pairs")
     return problems
 
 
-def plan_run(config: ml_collections.ConfigDict, devices: list | None = None) -> RunPlan:
-    """Every check that needs no weight, all problems in one ``ConfigError``."""
+def base_model_entry(unet: UNetConfig, resolution: int | None = None) -> dict:
+    """A cache manifest's ``base_model`` entry for a UNet that has no cache yet (planning):
+    latents of its ``sample_size`` (or ``resolution`` / 8), CLIP's 77 tokens."""
+    size = unet.sample_size if resolution is None else resolution // 8
+    h, w = (size, size) if isinstance(size, int) else size
+    return {
+        "latent_shape": [h, w, unet.in_channels],
+        "text_length": 77,
+        "text_dim": unet.cross_attention_dim[0],
+        "pooled_dim": unet.pooled_text_dim,
+        "resolution": 8 * h,
+    }
+
+
+def planning_scorers(label_source: str, count: int) -> list[str]:
+    """Stand-in scorer names where no cache says them (the scorer a label source names among them)."""
+    kind, _, name = label_source.partition(":")
+    names = [name] if kind == "scorer" and name else []
+    return names + [f"scorer{i}" for i in range(max(count - len(names), 0))]
+
+
+def check(
+    config: ml_collections.ConfigDict,
+    devices: list | None = None,
+    unet_config: UNetConfig | None = None,
+    num_scorers: int = 4,
+) -> RunPlan:
+    """Every check that needs no weight and no cache array, all problems in one ``ConfigError``.
+    ``unet_config`` (planning): the UNet to plan for where no base model is given; without a
+    cache, latents, text and ``num_scorers`` scorers are those of the UNet's own resolution."""
     devices = tuple(devices if devices is not None else jax.devices())
-    problems = config_value_problems(config)
+    planning = unet_config is not None
+    problems = [p for p in config_value_problems(config) if not (planning and p.startswith("cache is not set"))]
 
     def attempt(what: str, fn, *args):
         try:
@@ -162,25 +200,42 @@ def plan_run(config: ml_collections.ConfigDict, devices: list | None = None) -> 
             return None
 
     mesh_shape = attempt("mesh", sharding.mesh_shape, config.mesh.data, config.mesh.fsdp, len(devices))
-    dataset = None
-    if config.cache:
-        dataset = attempt("cache", CacheDataset, config.cache, config.train.label_source == "vote")
-    base = config.base_model or (dataset.manifest["base_model"]["path"] if dataset else None)
+    manifest = attempt("cache", cache_format.read_manifest, config.cache) if config.cache else None
+    base = config.base_model or (manifest["base_model"]["path"] if manifest else None)
     unet_dir = attempt("base_model", find_unet_dir, base) if base else None
-    unet = attempt("base UNet config", UNetConfig.from_json_file, unet_dir / "config.json") if unet_dir else None
-    schedule = attempt("base scheduler", NoiseSchedule.from_pipeline, base) if base else None
-    label_source = None
-    if dataset is not None:
-        label_source = attempt(
-            "train.label_source",
-            LabelSource.parse,
-            config.train.label_source,
-            dataset.scorer_names,
-            tuple(config.train.label_weights) if config.train.label_weights else None,
-            dataset.score_scale() if config.train.label_source == "normalized" else None,
-        )
-        if unet is not None and mesh_shape is not None:
-            problems += cache_vs_model_problems(config, dataset, unet, len(devices), mesh_shape)
+    unet = unet_config
+    if unet_dir is not None:
+        unet = attempt("base UNet config", UNetConfig.from_json_file, unet_dir / "config.json")
+    if base:
+        schedule = attempt("base scheduler", NoiseSchedule.from_pipeline, base)
+    else:  # planning: the schedule's numbers do not change the compiled program
+        schedule = NoiseSchedule.from_config({"_class_name": "DDPMScheduler"})
+    scorer_names = (
+        [s["name"] for s in manifest["scorers"]]
+        if manifest
+        else planning_scorers(config.train.label_source, num_scorers)
+    )
+    # 'normalized' scales by each scorer's spread over the cache: read with the arrays, at build
+    label_source = attempt(
+        "train.label_source",
+        LabelSource.parse,
+        config.train.label_source,
+        scorer_names,
+        tuple(config.train.label_weights) if config.train.label_weights else None,
+        (1.0,) * len(scorer_names) if config.train.label_source == "normalized" else None,
+    )
+    base_entry = manifest["base_model"] if manifest else (base_model_entry(unet) if unet else None)
+    if unet is not None and mesh_shape is not None and base_entry is not None:
+        problems += cache_vs_model_problems(config, base_entry, unet, len(devices), mesh_shape)
+    platform = devices[0].platform
+    if unet is not None and config.model.dtype in DTYPES:  # a forced kernel must run on the devices' platform
+        head_dims = sorted({c // h for c, h in zip(unet.block_out_channels, unet.num_attention_heads, strict=True)})
+        before = len(problems)
+        for head_dim in head_dims:
+            if len(problems) == before:  # one problem, for the first head dim it cannot run
+                attempt(
+                    "model.attention", check_attention, config.model.attention, platform, config.model.dtype, head_dim
+                )
     lora = attempt("lora", lora_spec, config) if config.lora.rank > 0 else None
     if lora is not None and unet is not None:
         attempt("lora.targets", abstract_unet, unet, ModelOptions(), lora)  # each target names a layer
@@ -188,7 +243,7 @@ def plan_run(config: ml_collections.ConfigDict, devices: list | None = None) -> 
         where = f" (cache {config.cache}, base model {base})" if config.cache else ""
         raise ConfigError(f"the train config does not fit{where}:\n  " + "\n  ".join(problems))
 
-    pixels = float(dataset.manifest["base_model"]["resolution"])
+    pixels = float(base_entry["resolution"])
     step_config = StepConfig(
         schedule=schedule,
         label_source=label_source,
@@ -201,9 +256,19 @@ def plan_run(config: ml_collections.ConfigDict, devices: list | None = None) -> 
         compute_dtype=config.model.dtype,
         ref_dtype=config.model.ref_dtype or config.model.dtype,
     )
-    options = model_options(config)
+    options = dataclasses.replace(model_options(config), platform=platform)
     return RunPlan(
-        config, dataset, unet_dir, unet, options, step_config, devices, mesh_shape, peak_learning_rate(config), lora
+        config,
+        manifest,
+        unet_dir,
+        unet,
+        options,
+        step_config,
+        devices,
+        mesh_shape,
+        peak_learning_rate(config),
+        cache_format.dims(base_entry, len(scorer_names)),
+        lora,
     )
 
 
@@ -212,13 +277,13 @@ class Trainer:
     """Everything a run needs, built once: the data, the sharded state, the jitted step."""
 
     plan: RunPlan
+    dataset: CacheDataset
     mesh: jax.sharding.Mesh
     loader: PairLoader
     state: TrainState
     state_shardings: Any
     base: dict  # LoRA: the frozen UNet weights; full fine-tuning: empty
     step_fn: Any  # (state, batch) -> (state, metrics); donates the state
-    eval_fn: Any  # (params, ref_params, batch, rng) -> metrics, no update
     schedule: optax.Schedule
     parameter_count: int  # trained parameters (LoRA: the adapters')
 
@@ -231,23 +296,80 @@ class Trainer:
         return sharding.global_batch(self.loader.batch(step), self.mesh)
 
 
+def split_model(plan: RunPlan) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """The UNet's structure, its adapters' shapes (empty without LoRA) and its weights' shapes."""
+    graphdef, abstract = abstract_unet(plan.unet_config, plan.options, plan.lora)
+    adapters, unet_params = abstract.split(nnx.LoRAParam, ...)
+    return graphdef, adapters, unet_params
+
+
+def initial_state_fn(plan: RunPlan, optimizer: optax.GradientTransformation):
+    """params -> the initial train state (reference = policy, optimizer state, RNG)."""
+    return partial(init_state, optimizer=optimizer, seed=plan.config.train.seed, ref_dtype=plan.step_config.ref_dtype)
+
+
 def load_state(plan: RunPlan, mesh: jax.sharding.Mesh, optimizer: optax.GradientTransformation):
     """The initial train state and the frozen base, each weight tensor read once
     and put straight onto its shards. LoRA: the UNet's weights are the base and
     the trained parameters are new adapters (``lora_B`` zero: policy = base)."""
     shard = partial(sharding.param_sharding, mesh=mesh)
-    graphdef, abstract = abstract_unet(plan.unet_config, plan.options, plan.lora)
-    abstract_adapters, abstract_unet_params = abstract.split(nnx.LoRAParam, ...)
+    graphdef, abstract_adapters, abstract_unet_params = split_model(plan)
     unet_params = nnx.to_pure_dict(load_params(abstract_unet_params, weight_files(plan.unet_dir), shard))
     if plan.lora is None:
         params, base = unet_params, {}
     else:
         params, base = nnx.to_pure_dict(init_adapters(abstract_adapters, plan.config.train.seed, shard)), unet_params
-    init = partial(init_state, optimizer=optimizer, seed=plan.config.train.seed, ref_dtype=plan.step_config.ref_dtype)
+    init = initial_state_fn(plan, optimizer)
     state_shardings = sharding.state_shardings(jax.eval_shape(init, params), mesh)
     # The loaded parameters are donated: the state's policy parameters reuse their buffers.
     state = jax.jit(init, out_shardings=state_shardings, donate_argnums=0)(params)
     return graphdef, state, state_shardings, base
+
+
+def abstract_state(plan: RunPlan, mesh: jax.sharding.Mesh, optimizer: optax.GradientTransformation):
+    """``load_state``'s results as shapes on their shardings, no weight read (ahead-of-time compiles)."""
+    graphdef, adapters, unet_params = split_model(plan)
+    shapes = partial(jax.tree.map, lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype))
+    unet_params = shapes(nnx.to_pure_dict(unet_params))
+    params, base = (unet_params, {}) if plan.lora is None else (shapes(nnx.to_pure_dict(adapters)), unet_params)
+    state = jax.eval_shape(initial_state_fn(plan, optimizer), params)
+    state_shardings = sharding.state_shardings(state, mesh)
+    on = partial(jax.tree.map, lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s))
+    return graphdef, on(state, state_shardings), state_shardings, on(base, sharding.state_shardings(base, mesh))
+
+
+def jitted_step(
+    plan: RunPlan,
+    mesh: jax.sharding.Mesh,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state_shardings: Any,
+    base_shardings: Any,
+):
+    """The train step as the run compiles it: (state, batch, base) -> (state, metrics),
+    over the mesh, the state donated. Traced under the mesh, so that kernels that
+    split the batch by hand (splash attention) see it."""
+    micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+    step = partial(
+        train_step,
+        graphdef=graphdef,
+        optimizer=optimizer,
+        cfg=plan.step_config,
+        learning_rate=schedule,
+        constrain_micro=lambda tree: jax.lax.with_sharding_constraint(tree, micro_sharding),
+    )
+
+    def step_on_mesh(state, batch, base):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return step(state, batch, base)
+
+    return jax.jit(
+        step_on_mesh,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh), base_shardings),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,44 +395,54 @@ def parameter_count(state: TrainState) -> int:
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
 
-def build_trainer(config: ml_collections.ConfigDict, devices: list | None = None) -> Trainer:
-    plan = plan_run(config, devices)
+def open_dataset(plan: RunPlan) -> tuple[CacheDataset, RunPlan]:
+    """The cache's arrays, checked as they open, before any weight is read; 'normalized'
+    labels get each scorer's spread over the cache."""
+    config = plan.config
+    dataset = CacheDataset(config.cache, config.train.label_source == "vote")
+    if config.train.global_batch > len(dataset):
+        raise ConfigError(
+            f"train.global_batch {config.train.global_batch} is larger than the cache's {len(dataset)} usable pairs"
+        )
+    source = plan.step_config.label_source
+    if source.kind == "normalized":
+        source = dataclasses.replace(source, score_scale=dataset.score_scale())
+        plan = dataclasses.replace(plan, step_config=dataclasses.replace(plan.step_config, label_source=source))
+    return dataset, plan
+
+
+def build(plan: RunPlan) -> Trainer:
+    """The checked run made real: the cache opened, the weights loaded onto their shards, the step jitted."""
+    config = plan.config
+    dataset, plan = open_dataset(plan)
     mesh = sharding.make_mesh(*plan.mesh_shape, plan.devices)
     optimizer, schedule = make_optimizer(config)
     graphdef, state, state_shardings, base = load_state(plan, mesh, optimizer)
-    base_shardings = sharding.state_shardings(base, mesh)
-    micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
-    step_fn = jax.jit(
-        partial(
-            train_step,
-            graphdef=graphdef,
-            optimizer=optimizer,
-            cfg=plan.step_config,
-            learning_rate=schedule,
-            constrain_micro=lambda tree: jax.lax.with_sharding_constraint(tree, micro_sharding),
-        ),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh), base_shardings),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
+    step_fn = jitted_step(
+        plan, mesh, graphdef, optimizer, schedule, state_shardings, sharding.state_shardings(base, mesh)
     )
     loader = PairLoader(
-        plan.dataset,
+        dataset,
         config.train.global_batch,
         config.train.seed,
         Augment(flip=config.train.flip, caption_dropout=config.train.caption_dropout),
         jax.process_index(),
         jax.process_count(),
     )
-    eval_fn = jax.jit(partial(eval_metrics, graphdef=graphdef, cfg=plan.step_config))
     return Trainer(
         plan,
+        dataset,
         mesh,
         loader,
         state,
         state_shardings,
         base,
         WithBase(step_fn, base),
-        WithBase(eval_fn, base),
         schedule,
         parameter_count(state),
     )
+
+
+def build_trainer(config: ml_collections.ConfigDict, devices: list | None = None) -> Trainer:
+    """``check``, then ``build``."""
+    return build(check(config, devices))

@@ -16,7 +16,7 @@ On a CPU the figures are XLA:CPU's (its fusion, fp32 compute of bf16 ops,
 attention without flash kernels and buffer reuse are not XLA:GPU's or
 XLA:TPU's), and by default they are read from the buffer assignment, where
 each variant's compile, run in a child process, is then stopped (``--stop-at
-buffer_assignment``; ``bench/xla_memory.py``): XLA:CPU's code generation of
+buffer_assignment``; ``bdpo_jax/xla_memory.py``): XLA:CPU's code generation of
 the SDXL step takes far longer than all before it. Run it there with
 ``XLA_FLAGS=--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``:
 XLA:CPU's default scheduler trades memory for concurrency (SDXL LoRA: 378 GiB
@@ -48,8 +48,8 @@ from bdpo_jax.optim import make_optimizer
 from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import StepConfig, init_state, train_step
 from bdpo_jax.trainer import lora_spec, model_options
+from bdpo_jax.xla_memory import MemoryAnalysis, buffer_assignment_dump, peak_live_bytes, until_buffer_assignment
 from bench.dpo_step import SD_SCHEDULER, synthetic_batch
-from bench.xla_memory import MemoryAnalysis, buffer_assignment_dump, peak_live_bytes, until_buffer_assignment
 from configs.train import lora as lora_configs
 from configs.train import paper
 

@@ -5,7 +5,7 @@ import json
 import sys
 import textwrap
 
-from bench.xla_memory import MemoryAnalysis, peak_live_bytes, until_buffer_assignment
+from bdpo_jax.xla_memory import MemoryAnalysis, peak_live_bytes, until_buffer_assignment
 
 # A train-step-like function: donated parameters updated in place, temporaries
 # for the activations. It compiles once without a dump (its figures written out),

@@ -1,14 +1,123 @@
 """Spatial transformer of the SD UNet (diffusers' ``attention_processor.py``,
-``attention.py`` and ``transformer_2d.py``). Activations are NHWC."""
+``attention.py`` and ``transformer_2d.py``), and the attention kernel chosen for
+the platform the step is compiled for. Activations are NHWC.
+
+Kernels: XLA's attention everywhere; on GPU cuDNN's fused flash attention
+(bf16/fp16, head dim a multiple of 8 up to 128), odd lengths such as CLIP's 77
+tokens padded to even with the kernel's own length mask (its backward refuses
+odd lengths); on TPU Pallas's splash attention where both lengths are multiples
+of 128 (SD's self-attention; the 77-token cross-attention and the 8x8 level
+stay on XLA, whose maps there are small).
+"""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from bdpo_jax.models.layers import Placeholder, conv, group_norm, layer_norm, linear
-from bdpo_jax.models.options import ModelOptions, remat, resolve_attention
+from bdpo_jax.models.options import AttentionImpl, ModelOptions, remat
+from bdpo_jax.sharding import batch_parallel
+
+HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+SPLASH_LANES = 128  # splash's blocks are multiples of the TPU's 128 lanes
+SPLASH_BLOCKS = (512, 256, 128)  # the largest that divides a length is used
+
+
+def cudnn_fits(dtype: jnp.dtype, head_dim: int) -> bool:
+    """Where jax's cuDNN flash attention trains (its head-dim check, as a deviceless
+    compile applies it: no Hopper-only 256)."""
+    return jnp.dtype(dtype) in HALF and head_dim % 8 == 0 and head_dim <= 128
+
+
+def check_attention(impl: AttentionImpl, platform: str, dtype: jnp.dtype, head_dim: int) -> None:
+    """An explicitly requested kernel that cannot run on the target is an error, not a fallback."""
+    if impl == "cudnn" and not (platform == "gpu" and cudnn_fits(dtype, head_dim)):
+        raise ValueError(
+            f"cuDNN attention needs a GPU, bf16/fp16 compute and a head dim that is a multiple "
+            f"of 8 up to 128; here: platform {platform}, dtype {jnp.dtype(dtype).name}, "
+            f"head dim {head_dim}. Use attention='xla' or 'auto'."
+        )
+    if impl == "splash" and platform != "tpu":
+        raise ValueError(f"splash attention is a TPU kernel; the platform is {platform}: use attention 'xla' or 'auto'")
+
+
+def choose_attention(
+    impl: AttentionImpl, platform: str, dtype: jnp.dtype, head_dim: int, q_len: int, kv_len: int
+) -> str:
+    """The kernel one attention call runs: 'cudnn', 'splash' or 'xla'."""
+    if impl in ("auto", "cudnn") and platform == "gpu" and cudnn_fits(dtype, head_dim):
+        return "cudnn"
+    if impl in ("auto", "splash") and platform == "tpu" and q_len % SPLASH_LANES == 0 and kv_len % SPLASH_LANES == 0:
+        return "splash"
+    return "xla"
+
+
+def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "cudnn") -> jax.Array:
+    """Attention over (B, T, heads, D) with T and S padded to even lengths, the padding
+    masked by the kernel's sequence lengths: every query attends to exactly its keys."""
+    t, s = q.shape[1], k.shape[1]
+    if t % 2 == 0 and s % 2 == 0:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+    def pad(x):
+        return jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+
+    def lengths(n: int) -> jax.Array:
+        # n for every sample, computed from q's values so that under vmap (the stacked reference)
+        # it is batched as q is: jax's cuDNN batcher folds the vmapped axis into every argument's batch
+        return jnp.where(jnp.isnan(q[:, 0, 0, 0]), n, n).astype(jnp.int32)
+
+    out = jax.nn.dot_product_attention(
+        pad(q),
+        pad(k),
+        pad(v),
+        query_seq_lengths=lengths(t),
+        key_value_seq_lengths=lengths(s),
+        implementation=implementation,
+    )
+    return out[:, :t]
+
+
+def _splash_block(length: int) -> int:
+    return next(b for b in SPLASH_BLOCKS if length % b == 0)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, interpret: bool = False) -> jax.Array:
+    """Pallas's TPU splash attention over (B, T, heads, D), lengths multiples of 128,
+    no mask; each device runs it on its share of the batch. ``interpret``: run the
+    kernel in Pallas's interpreter (a CPU check of its numerics)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    _, t, heads, head_dim = q.shape
+    s = k.shape[1]
+    bq, bkv = _splash_block(t), _splash_block(s)
+    blocks = splash.BlockSizes(
+        block_q=bq, block_kv=bkv, block_q_dkv=bq, block_kv_dkv=bkv, block_q_dq=bq, block_kv_dq=bkv
+    )
+    mask = splash.MultiHeadMask([splash.FullMask((t, s))] * heads)
+    kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+    heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # (B, heads, T, D): the kernel's layout
+    scale = np.asarray(1 / np.sqrt(head_dim), q.dtype)  # the kernel does not scale the logits
+
+    def local(q, k, v):
+        return heads_first(jax.vmap(kernel)(heads_first(q) * scale, heads_first(k), heads_first(v)))
+
+    return batch_parallel(local, q, k, v)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, kernel: str) -> jax.Array:
+    """Softmax attention over (B, T, heads, D) by the chosen kernel; XLA's and
+    splash's compute logits and softmax in fp32 (``upcast_attention`` holds)."""
+    if kernel == "cudnn":
+        return padded_attention(q, k, v)
+    if kernel == "splash":
+        return splash_attention(q, k, v)
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
 class Attention(nnx.Module):
@@ -19,7 +128,9 @@ class Attention(nnx.Module):
     ):
         inner = heads * head_dim
         self.heads = heads
-        self.implementation = resolve_attention(opts.attention, opts.dtype, head_dim)
+        self.platform = opts.platform or jax.default_backend()
+        check_attention(opts.attention, self.platform, opts.dtype, head_dim)
+        self.requested = opts.attention
         self.to_q = linear(query_dim, inner, opts, rngs, use_bias=False)
         self.to_k = linear(context_dim, inner, opts, rngs, use_bias=False)
         self.to_v = linear(context_dim, inner, opts, rngs, use_bias=False)
@@ -33,8 +144,8 @@ class Attention(nnx.Module):
             return t.reshape(*t.shape[:2], self.heads, -1)
 
         q, k, v = split_heads(self.to_q(x)), split_heads(self.to_k(context)), split_heads(self.to_v(context))
-        # XLA's path computes logits and softmax in fp32, so `upcast_attention` holds either way.
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        kernel = choose_attention(self.requested, self.platform, q.dtype, q.shape[-1], length, k.shape[1])
+        out = attention(q, k, v, kernel)
         return self.to_out[0](out.reshape(batch, length, -1))
 
 

@@ -10,7 +10,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-AttentionImpl = Literal["auto", "xla", "cudnn"]
+AttentionImpl = Literal["auto", "xla", "cudnn", "splash"]
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+PLATFORMS = ("cpu", "gpu", "tpu")
 RematPolicy = Literal["none", "full", "save_dots"]
 
 # Named like maxtext's remat policies: what the backward pass may keep from the
@@ -23,38 +25,24 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """``dtype`` is the compute dtype; parameters stay in ``param_dtype``."""
+    """``dtype`` is the compute dtype; parameters stay in ``param_dtype``. ``platform``
+    is the one the model is compiled for ("cpu", "gpu", "tpu"; None: the process's
+    default backend): an ahead-of-time compile for a TPU or GPU picks the kernels
+    the real run will run (``attention.py``)."""
 
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     attention: AttentionImpl = "auto"
     remat: RematPolicy = "none"
+    platform: str | None = None
 
     def __post_init__(self):
-        if self.attention not in ("auto", "xla", "cudnn"):
-            raise ValueError(f"attention implementation {self.attention!r}: choose 'auto', 'xla' or 'cudnn'.")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention implementation {self.attention!r}: choose one of {ATTENTION_IMPLEMENTATIONS}.")
+        if self.platform not in (None, *PLATFORMS):
+            raise ValueError(f"platform {self.platform!r}: choose one of {PLATFORMS} (or None: the default backend).")
         if self.remat not in ("none", *REMAT_POLICIES):
             raise ValueError(f"remat policy {self.remat!r}: choose one of {['none', *REMAT_POLICIES]}.")
-
-
-def resolve_attention(impl: AttentionImpl, dtype: jnp.dtype, head_dim: int) -> str:
-    """'auto' takes cuDNN flash attention where it runs (GPU, half precision,
-    head dim a multiple of 8 up to 128) and XLA's attention elsewhere."""
-    cudnn_ok = (
-        jax.default_backend() == "gpu"
-        and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-        and head_dim % 8 == 0
-        and head_dim <= 128
-    )
-    if impl == "cudnn" and not cudnn_ok:
-        raise ValueError(
-            f"cuDNN attention needs a GPU, bf16/fp16 compute and a head dim that is a multiple "
-            f"of 8 up to 128; here: backend {jax.default_backend()}, dtype {jnp.dtype(dtype).name}, "
-            f"head dim {head_dim}. Use attention='xla' or 'auto'."
-        )
-    if impl == "auto":
-        return "cudnn" if cudnn_ok else "xla"
-    return impl
 
 
 def remat(fn: Callable, policy: RematPolicy) -> Callable:

@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 
 from bdpo_jax.models import ModelOptions, UNet2DConditionModel, UNetConfig, random_unet
-from bdpo_jax.models.options import resolve_attention
 from bdpo_jax.models.presets import unet_preset
 from bench.parity import jax_forward, random_inputs
 
@@ -76,17 +75,13 @@ def test_bf16_compute_keeps_fp32_params_and_stays_close():
     assert 0 < relative < 0.05, relative
 
 
-def test_attention_implementation_choice():
-    assert resolve_attention("auto", jnp.bfloat16, 64) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
-    assert resolve_attention("auto", jnp.float32, 64) == "xla"
-    assert resolve_attention("xla", jnp.bfloat16, 40) == "xla"
-    if jax.default_backend() != "gpu":
-        with pytest.raises(ValueError, match="cuDNN attention needs a GPU"):
-            resolve_attention("cudnn", jnp.bfloat16, 64)
+def test_options_refuse_unknown_names():
     with pytest.raises(ValueError, match="flash"):
         ModelOptions(attention="flash")
     with pytest.raises(ValueError, match="everything"):
         ModelOptions(remat="everything")
+    with pytest.raises(ValueError, match="rocm"):
+        ModelOptions(platform="rocm")
 
 
 def test_latent_size_must_fit_the_downsamplings():

@@ -119,12 +119,12 @@ def test_metrics_and_kept_checkpoints(reference_run):
 
 @pytest.mark.parametrize("key", ["keep", "every"])
 def test_checkpoint_keep_and_every_below_one_are_config_errors(tiny_cache, key):
-    from bdpo_jax.trainer import ConfigError, plan_run
+    from bdpo_jax.trainer import ConfigError, check
 
     config = run_config(tiny_cache)
     config.checkpoint[key] = 0
     with pytest.raises(ConfigError, match=f"checkpoint.{key} 0 must be at least 1"):
-        plan_run(config)
+        check(config)
 
 
 def test_a_second_run_in_a_workdir_is_refused_naming_the_holder(tiny_cache, tmp_path):

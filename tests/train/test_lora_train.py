@@ -81,13 +81,13 @@ def test_reference_refresh_copies_the_adapters_and_the_base_stays(refreshed):
 
 
 def test_bad_lora_settings_are_named(tiny_cache):
-    from bdpo_jax.trainer import ConfigError, plan_run
+    from bdpo_jax.trainer import ConfigError, check
 
     config = lora_config(tiny_cache)
     config.lora.targets = ("to_qq", "resnet")
     config.lora.base_dtype = "float8"
     with pytest.raises(ConfigError) as error:
-        plan_run(config, jax.devices()[:1])
+        check(config, jax.devices()[:1])
     assert "'to_qq'" in str(error.value) and "lora.base_dtype 'float8'" in str(error.value)
 
 

@@ -12,7 +12,7 @@ from train_fixtures import tiny_train_config
 from bdpo_jax import cache as cache_format
 from bdpo_jax import sharding
 from bdpo_jax.models import load_unet
-from bdpo_jax.trainer import ConfigError, build_trainer, plan_run
+from bdpo_jax.trainer import ConfigError, build_trainer, check
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_unreadable_weights_file_is_named_after_the_checks(tiny_cache, base_with
 
     config = tiny_train_config(tiny_cache)
     config.base_model = str(base_with_unreadable_weights)
-    plan_run(config)  # the config itself is fine
+    check(config)  # the config itself is fine
     with pytest.raises(WeightsError, match=r"cannot read weights file .*diffusion_pytorch_model\.safetensors"):
         build_trainer(config)
 

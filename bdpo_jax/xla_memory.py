@@ -4,10 +4,10 @@ buffer assignment that XLA dumps before it generates code.
 XLA sizes every buffer (arguments, outputs, donated aliases, temporaries) in
 buffer assignment, after its HLO passes and before code generation; the
 compiled executable's ``memory_analysis()`` only sums that assignment. On
-XLA:CPU, code generation of a large step (thousands of kernels, then the
-executor's dependency graph over them) takes far longer than everything
-before it, so the figures of a large model are read from the dump of the
-assignment and the compile is stopped there (``until_buffer_assignment``).
+XLA:CPU, and in the TPU and GPU compilers that ``bdpo_jax.plan`` runs here,
+code generation of a large step (thousands of kernels) takes far longer than
+everything before it, so the figures of a large model are read from the dump
+of the assignment and the compile is stopped there (``until_buffer_assignment``).
 Both ways give the same bytes (``tests/test_xla_memory.py``).
 """
 
@@ -81,12 +81,15 @@ def buffer_assignment_dump(dump_dir: Path, module: str) -> Path | None:
     return reports[-1].with_name(reports[-1].name.replace("-memory-usage-report", "-buffer-assignment"))
 
 
-def until_buffer_assignment(command: list[str], dump_dir: Path, module: str, timeout_s: float) -> tuple[Path, float]:
+def until_buffer_assignment(
+    command: list[str], dump_dir: Path, module: str, timeout_s: float, env: dict[str, str] | None = None
+) -> tuple[Path, float]:
     """Runs ``command`` (a process that compiles ``module`` with ``xla_dump_to=dump_dir``)
     until XLA has assigned its buffers, then stops it; the assignment's dump and the seconds it took.
-    The persistent compilation cache is off in it: an executable loaded from there dumps nothing."""
+    The persistent compilation cache is off in it: an executable loaded from there dumps nothing.
+    ``env``: variables set for the process on top of this one's."""
     log = dump_dir / "compile.log"
-    env = os.environ | {"JAX_ENABLE_COMPILATION_CACHE": "false"}
+    env = os.environ | (env or {}) | {"JAX_ENABLE_COMPILATION_CACHE": "false"}
     start = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
