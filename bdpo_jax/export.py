@@ -28,7 +28,7 @@ from bdpo_jax.errors import UserError
 from bdpo_jax.models import UNetConfig, abstract_unet, load_params, save_unet
 from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import adapted_paths, merge_adapters, save_lora_weights
-from bdpo_jax.models.weights import find_unet_dir, weight_files
+from bdpo_jax.models.unet_files import find_unet_dir, weight_files
 from bdpo_jax.workdir import EXPORT_RECORD_NAME, base_fingerprint, recorded_base_model
 
 

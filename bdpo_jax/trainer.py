@@ -30,7 +30,7 @@ from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, load_params
 from bdpo_jax.models.attention import check_attention
 from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import init_adapters
-from bdpo_jax.models.weights import find_unet_dir, weight_files
+from bdpo_jax.models.unet_files import find_unet_dir, weight_files
 from bdpo_jax.objective import OBJECTIVES
 from bdpo_jax.optim import OPTIMIZERS, learning_rate_schedule, make_optimizer, peak_learning_rate
 from bdpo_jax.schedule import NoiseSchedule
