@@ -56,7 +56,7 @@ def test_config_mismatches_are_named(dataset, train_config):
     def problems(preset, devices=1, mesh=(1, 1)):
         return "\n".join(
             cache_vs_model_problems(
-                train_config, dataset, UNetConfig.from_diffusers(unet_preset(preset)), devices, mesh
+                train_config, dataset.manifest["base_model"], UNetConfig.from_diffusers(unet_preset(preset)), devices, mesh
             )
         )
 
