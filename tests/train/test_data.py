@@ -54,11 +54,8 @@ def test_loader_errors(dataset):
 
 def test_config_mismatches_are_named(dataset, train_config):
     def problems(preset, devices=1, mesh=(1, 1)):
-        return "\n".join(
-            cache_vs_model_problems(
-                train_config, dataset.manifest["base_model"], UNetConfig.from_diffusers(unet_preset(preset)), devices, mesh
-            )
-        )
+        unet = UNetConfig.from_diffusers(unet_preset(preset))
+        return "\n".join(cache_vs_model_problems(train_config, dataset.manifest["base_model"], unet, devices, mesh))
 
     assert "text states are 32 wide, the UNet attends to 48" in problems("tiny-sd2")
     assert "SDXL-style" in problems("tiny-sdxl")
