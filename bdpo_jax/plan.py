@@ -471,10 +471,10 @@ def cpu_only() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
-    from bdpo_jax.errors import main_with_clear_errors
+    from bdpo_jax import errors
 
     config_flags.DEFINE_config_file("config", None, "A configs/train/*.py file.", lock_config=True)
     flags.DEFINE_enum("target", None, list(targets.TARGETS), "The slice or GPU to compile for.")
@@ -491,4 +491,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
     flags.mark_flags_as_required(["config", "target"])
     cpu_only()
-    app.run(main_with_clear_errors(main))
+    errors.run(main)

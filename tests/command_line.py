@@ -17,6 +17,8 @@ def run_command(module: str, *args: object) -> int:
     """The exit status of ``python -m module *args``; the flags and config modules it defined are removed
     afterwards (a process runs one command: absl refuses a flag defined twice, and ml_collections would load
     a config file into the module of the previous one)."""
+    for name in loaded_config_files():  # one loaded before (another test's config flag): it would be reused
+        del sys.modules[name]
     defined, parsed, argv, modules = set(flags.FLAGS), flags.FLAGS.is_parsed(), sys.argv, set(sys.modules)
     sys.argv = [module, *map(str, args)]
     try:
@@ -31,10 +33,14 @@ def run_command(module: str, *args: object) -> int:
             delattr(flags.FLAGS, name)
         if not parsed:
             flags.FLAGS.unparse_flags()
-        for name in set(sys.modules) - modules:  # ml_collections loads --config as module "config_config"
-            if name.endswith("_config"):
-                del sys.modules[name]
+        for name in set(loaded_config_files()) - modules:
+            del sys.modules[name]
     raise AssertionError(f"{module} returned without exiting")
+
+
+def loaded_config_files() -> list[str]:
+    """The modules ml_collections loaded config files into: ``--config`` as top-level module "config_config"."""
+    return [name for name in sys.modules if "." not in name and name.endswith("_config")]
 
 
 def one_error_line(stderr: str) -> str:
