@@ -20,7 +20,8 @@ MICRO = UNetConfig.from_diffusers(unet_preset("micro-sd1"))
 
 
 def compiler_or_skip(platform: str) -> None:
-    """CI installs the compilers (the dev extra): there a missing one fails; elsewhere it skips."""
+    """.ci/run installs the compilers (the plan-tpu and plan-gpu extras): there a missing one fails; elsewhere
+    it skips."""
     module, extra = targets.EXTRAS[platform]
     if importlib.util.find_spec(module) is None:
         message = f"{module} is not installed: pip install -e '.[{extra}]'"
