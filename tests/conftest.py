@@ -1,5 +1,6 @@
 """Tests run on CPU with tiny models the tests build; nothing is downloaded."""
 
+import http.server
 import os
 import tempfile
 import uuid
@@ -72,7 +73,12 @@ def gcs_server():
     _send_generation_with_downloads()
     port = free_port()
     server = emulator.create_server("127.0.0.1", port, in_memory=True)
-    server.start()
+    with pytest.MonkeyPatch.context() as patch:
+        # It answers one request at a time on the standard library's HTTPServer, whose backlog is 5
+        # connections: a ranged read's sixth concurrent request (gcsfs sends them at once, as to GCS) was
+        # dropped and retried a second later. Queued instead; served in the same order.
+        patch.setattr(http.server.HTTPServer, "request_queue_size", 128)
+        server.start()  # listens before it returns
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
