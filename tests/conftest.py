@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Set as environment variables, so that the processes tests launch (train command lines, launchers,
 # SLURM tasks) inherit them: parity is checked in full fp32 (no reduced-precision matmul passes), and
-# the same train step, built many times, is compiled once (a compile takes minutes on a loaded 2-core CPU).
+# the same train step, built many times, is compiled once (a compile takes minutes on a loaded 2-core CPU;
+# in a two-process launch, process 1 compiles it anyway: tests/launch/test_local.py says why).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bdpo-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
