@@ -188,9 +188,8 @@ def epoch_of(cache):
 @pytest.mark.parametrize("root", ["gcs"], indirect=True)
 def test_the_trainer_reads_a_cache_in_object_storage(root, tiny_cache):
     """The same batches from a bucket as from the disk, through the checked reader;
-    a damaged object is named there too. One store, GCS's: the reader's calls are the
-    ones the tests above make on every store, and the preprocessing test below reads
-    its S3 cache back through this reader."""
+    a damaged object is named there too. On the GCS stand-in; on S3's, the preprocessing
+    test below reads its cache back through this reader."""
     from bdpo_jax.cache import CacheError
     from bdpo_jax.data import CacheDataset
 
@@ -208,7 +207,7 @@ def test_the_trainer_reads_a_cache_in_object_storage(root, tiny_cache):
 @pytest.mark.parametrize("root", ["s3"], indirect=True)
 def test_preprocessing_writes_a_cache_into_object_storage(root, tiny_cache):
     """The preprocessing job with a bucket as output_dir: the same cache as on disk, readable by the trainer.
-    One store, S3's: its writes are the calls the tests above make on every store (the reader: GCS's, above)."""
+    On the S3 stand-in; on GCS's, the calls it writes with run in the tests above."""
     from configs.preprocess import tiny as preprocess_tiny
     from scorers_torch import preprocess
 
