@@ -1,5 +1,6 @@
 """Tests run on CPU with tiny models the tests build; nothing is downloaded."""
 
+import http.server
 import os
 import tempfile
 import uuid
@@ -11,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Set as environment variables, so that the processes tests launch (train command lines, launchers,
 # SLURM tasks) inherit them: parity is checked in full fp32 (no reduced-precision matmul passes), and
-# the same train step, built many times, is compiled once (a compile takes minutes on a loaded 2-core CPU).
+# the same train step, built many times, is compiled once (a compile takes minutes on a loaded 2-core CPU;
+# in a two-process launch, process 1 compiles it anyway: tests/launch/test_local.py says why).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bdpo-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -72,7 +74,12 @@ def gcs_server():
     _send_generation_with_downloads()
     port = free_port()
     server = emulator.create_server("127.0.0.1", port, in_memory=True)
-    server.start()
+    with pytest.MonkeyPatch.context() as patch:
+        # It answers one request at a time on the standard library's HTTPServer, whose backlog is 5
+        # connections: a ranged read's sixth concurrent request (gcsfs sends them at once, as to GCS) was
+        # dropped and retried a second later. Queued instead; served in the same order.
+        patch.setattr(http.server.HTTPServer, "request_queue_size", 128)
+        server.start()  # listens before it returns
     yield f"http://127.0.0.1:{port}"
     server.stop()
 

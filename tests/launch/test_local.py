@@ -5,6 +5,11 @@ The two launches are the suite's only multi-process training (besides the
 SLURM test): each starts two interpreters, so they are one test. Bit-exact
 resume is checked in one process (tests/train/test_checkpoint.py); here the
 resumed two-process run is held to the one-process run's losses and weights.
+
+Each launch compiles the step in process 1 (about a minute): JAX writes its
+compile cache from process 0 only, and on CPU the two processes' cache keys
+differ (in the hash of the devices' topology), so process 1 never finds
+process 0's entry.
 """
 
 import os
@@ -35,8 +40,8 @@ def child_pids(parent: int) -> dict[int, str]:
 def launch_local(cache, workdir: Path, sigterm_process_1: bool = False) -> tuple[int, list[str]]:
     """``python -m launch.local --processes 2 --cpu-devices 2 -- <train>``: its exit code and both logs.
 
-    ``sigterm_process_1``: once process 0 has printed its plan (its step is
-    compiled; no step has run), process 1 alone gets SIGTERM."""
+    ``sigterm_process_1``: once process 0 has printed its plan (no step has
+    run), process 1 alone gets SIGTERM."""
     logs = workdir.with_name(workdir.name + "-logs")
     launcher = [sys.executable, "-m", "launch.local", "--processes", "2", "--cpu-devices", "2", "--log-dir", str(logs)]
     train = ["--config", "configs/train/tiny.py", "--workdir", str(workdir), *override_flags(cache)]

@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel as TorchUNet
@@ -66,21 +68,22 @@ def test_private_keys_are_ignored():
     assert UNetConfig.from_diffusers(config).block_out_channels == (320, 640, 1280, 1280)
 
 
+@functools.cache
+def abstract_params(name: str) -> nnx.State:
+    """A preset's parameters without weights, built once for the two tests below."""
+    return abstract_unet(UNetConfig.from_diffusers(unet_preset(name)))[1]
+
+
 @pytest.mark.parametrize("name", preset_names())
 def test_parameter_names_and_shapes_match_diffusers(name):
     """Full-size structure without weights: diffusers on the meta device, ours abstract."""
-    config = unet_preset(name)
     with torch.device("meta"):
-        theirs = {k: tuple(v.shape) for k, v in TorchUNet.from_config(config).state_dict().items()}
-    _, params = abstract_unet(UNetConfig.from_diffusers(config))
-    ours = {diffusers_key(path): diffusers_shape(v.shape) for path, v in nnx.to_flat_state(params)}
+        theirs = {k: tuple(v.shape) for k, v in TorchUNet.from_config(unet_preset(name)).state_dict().items()}
+    ours = {diffusers_key(path): diffusers_shape(v.shape) for path, v in nnx.to_flat_state(abstract_params(name))}
     assert ours == theirs
 
 
 def test_full_size_parameter_counts():
-    counts = {}
-    for name in ("sd15", "sdxl"):
-        _, params = abstract_unet(UNetConfig.from_diffusers(unet_preset(name)))
-        counts[name] = sum(v.size for _, v in nnx.to_flat_state(params))
+    counts = {name: sum(v.size for _, v in nnx.to_flat_state(abstract_params(name))) for name in ("sd15", "sdxl")}
     # The published UNet sizes: SD1.5 859.5M, SDXL base 2.567B parameters.
     assert counts == {"sd15": 859_520_964, "sdxl": 2_567_463_684}

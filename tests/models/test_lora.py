@@ -6,6 +6,8 @@ adapters' effect is checked to be far above it, so a missing or misscaled
 adapter cannot pass.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +40,14 @@ def adapted_torch_unet(name: str, spec: LoRASpec):
     return unet, base
 
 
+@functools.cache
+def jitted_forward(graphdef):
+    """One jitted forward per model structure: the merged kernels' forward reuses the plain one's trace."""
+    return jax.jit(lambda states, inputs: nnx.merge(graphdef, *states)(**inputs))
+
+
 def forward(graphdef, *states, inputs):
-    return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, *s)(**x))(states, inputs))
+    return np.asarray(jitted_forward(graphdef)(states, inputs))
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from bdpo_jax.models import UNetConfig, WeightsError, abstract_unet, load_unet, read_unet
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.models.weights import diffusers_state_dict, params_from_diffusers
+from bdpo_jax.models.weights import diffusers_state_dict, fill_state, params_from_diffusers
 from bench.parity import random_diffusers_unet
 
 
@@ -123,12 +123,11 @@ def test_pickle_only_directory_says_how_to_convert(torch_unet, tmp_path):
 
 
 def test_params_roundtrip_through_diffusers_layout():
-    config = UNetConfig.from_diffusers(unet_preset("tiny-sdxl"))
-    from bdpo_jax.models import UNet2DConditionModel
-
-    model = UNet2DConditionModel(config, rngs=nnx.Rngs(0))
-    params = nnx.state(model, nnx.Param)
-    _, abstract = abstract_unet(config)
+    """Every parameter random, norm scales and biases too (their initial ones and zeros would hide a swap);
+    drawn with numpy, as building the UNet op by op takes half a minute."""
+    _, abstract = abstract_unet(UNetConfig.from_diffusers(unet_preset("tiny-sdxl")))
+    rng = np.random.default_rng(0)
+    params = fill_state(abstract, lambda path, variable: rng.standard_normal(variable.shape))
     back = params_from_diffusers(abstract, diffusers_state_dict(params))
     for (path, a), (_, b) in zip(nnx.to_flat_state(params), nnx.to_flat_state(back), strict=True):
         np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))

@@ -3,8 +3,6 @@ parquet with corrupt rows: contents, rejects, resume, workers, mismatches."""
 
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
@@ -222,13 +220,14 @@ def test_mirror_column_names(parquet, tmp_path):
 
 
 def test_command_line(parquet, tiny_pipeline, tmp_path, capfd):
-    base = [sys.executable, "-m", "scorers_torch.preprocess", "--config", "configs/preprocess/tiny.py"]
+    """``python -m scorers_torch.preprocess``'s __main__, flags and boundary, in this process (a new
+    interpreter costs its imports; tests/test_imports.py imports every module in new ones)."""
+    base = ["scorers_torch.preprocess", "--config", "configs/preprocess/tiny.py"]
     args = [f"--config.source={parquet}", f"--config.base_model={tiny_pipeline}", f"--config.output_dir={tmp_path}"]
-    done = subprocess.run([*base, *args, "--config.shard_size=10"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_command(*base, *args, "--config.shard_size=10") == 0, capfd.readouterr().err[-3000:]
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["pairs"] == 16
-    assert "pairs_per_s" in done.stderr  # the progress bar
-    assert run_command(*base[2:], *args, "--config.shard_sise=10") == 2  # in this process: refused before loading
+    assert "pairs_per_s" in capfd.readouterr().err  # the progress bar
+    assert run_command(*base, *args, "--config.shard_sise=10") == 2  # refused before loading
     assert "--config.shard_sise=10: the config has no key 'shard_sise'" in one_error_line(capfd.readouterr().err)
 
 

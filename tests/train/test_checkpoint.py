@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from command_line import one_error_line, run_command
-from run_fixtures import STEPS, leaves, logged_steps, run_config, saved_params, saved_steps
+from run_fixtures import RUN, STEPS, leaves, logged_steps, run_config, saved_params, saved_steps
 from train_fixtures import with_step_hook
 
 from bdpo_jax import checkpoints
@@ -49,13 +49,14 @@ def test_signals_and_a_crash_then_resume_bit_exact(tiny_cache, reference_run, tm
     for bit, with every step logged once (SIGTERM: the gs:// workdir's test below)."""
     config = run_config(tiny_cache)
     _, expected = reference_run
+    handler = signal.getsignal(signal.SIGINT)  # Python's; ignored where the suite runs in a background job
     with_step_hook(monkeypatch, send_at(0, signal.SIGINT))
     with pytest.raises(checkpoints.Interrupted) as stopped:
         train_module.train(config, tmp_path)
     assert (stopped.value.step, stopped.value.signum) == (1, signal.SIGINT)  # finished the step in flight, saved it
     assert saved_steps(tmp_path) == [1]
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
     with_step_hook(monkeypatch, crash_at(3))
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_module.train(config, tmp_path)
@@ -242,18 +243,21 @@ def test_export_refuses_a_base_the_run_was_not_trained_from(reference_run, tmp_p
 
 
 def test_command_line(tiny_cache, tmp_path, capfd):
-    base = [sys.executable, "-m", "bdpo_jax.train", "--config", "configs/train/tiny.py", f"--workdir={tmp_path}"]
+    """``python -m bdpo_jax.train``'s __main__, flags and boundary, in this process (a new interpreter costs
+    its imports; the launch tests start the command in new ones)."""
+    base = ["bdpo_jax.train", "--config", "configs/train/tiny.py", f"--workdir={tmp_path}"]
     args = [f"--config.cache={tiny_cache}", "--config.train.global_batch=4", "--config.train.steps=2"]
-    done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # The reference run's T (a constant of the step): its compiled step, not one more compile; checkpoints
+    # are saved asynchronously, as the tiny config says (the other runs here save synchronously).
+    args.append(f"--config.train.ref_refresh_every={RUN['train.ref_refresh_every']}")
+    assert run_command(*base, *args) == 0, capfd.readouterr().err[-3000:]
     assert (tmp_path / "checkpoints" / "2").is_dir()
-    assert "step 2/2" in done.stdout
-    # Refused before anything loads: in this process (a new one costs seconds of imports).
-    assert run_command(*base[2:], *args, "--config.train.betta=1") == 2
+    assert "step 2/2" in capfd.readouterr().out
+    assert run_command(*base, *args, "--config.train.betta=1") == 2  # refused before anything loads
     assert "no key 'betta' (Did you mean \"beta\"" in one_error_line(capfd.readouterr().err)
-    assert run_command(*base[2:-1], f"--workdir={tmp_path / 'new'}") == 2
+    assert run_command(*base[:-1], f"--workdir={tmp_path / 'new'}") == 2
     assert "cache is not set: --config.cache=" in one_error_line(capfd.readouterr().err)
-    assert run_command(*base[2:-1], f"--workdir={tiny_cache / 'manifest.json' / 'run'}", *args) == 2
+    assert run_command(*base[:-1], f"--workdir={tiny_cache / 'manifest.json' / 'run'}", *args) == 2
     assert "choose a writable --workdir" in one_error_line(capfd.readouterr().err)
 
 
