@@ -72,6 +72,14 @@ class CacheDataset:
             f"--config.columns.*), then preprocess it into a new output_dir"
         )
 
+    def keep_only(self, decides: Callable[[Any], np.ndarray]) -> None:
+        """Leaves out the pairs a label rule does not count: ``decides(shard)`` is a bool per row."""
+        kept = [np.asarray(decides(self.shards[s]), bool)[self.locations[self.locations[:, 0] == s, 1]]
+                for s in range(len(self.shards))]  # fmt: skip
+        self.locations = self.locations[np.concatenate(kept)] if kept else self.locations
+        if not len(self.locations):
+            raise cache_format.CacheError(f"cache {self.path}: the label rule decides none of its pairs")
+
     def __len__(self) -> int:
         return len(self.locations)
 
@@ -79,15 +87,26 @@ class CacheDataset:
     def latent_shape(self) -> tuple[int, int, int]:
         return tuple(self.manifest["base_model"]["latent_shape"])
 
-    def score_scale(self) -> tuple[float, ...]:
-        """Each scorer's standard deviation over all cached images (for 'normalized' labels)."""
-        scores = np.concatenate(
-            [
-                np.asarray(shard["scores"]).transpose(0, 2, 1).reshape(-1, len(self.scorer_names))
-                for shard in self.shards
-            ]
-        )
-        return tuple(float(max(s, 1e-12)) for s in scores.std(axis=0))
+    def _scores(self) -> np.ndarray:
+        """Every usable pair's scores, (pairs, scorers, 2)."""
+        return np.concatenate([np.asarray(shard["scores"]) for shard in self.shards])[self._flat_rows()]
+
+    def _flat_rows(self) -> np.ndarray:
+        starts = np.cumsum([0] + [len(shard["label"]) for shard in self.shards])[:-1]
+        return starts[self.locations[:, 0]] + self.locations[:, 1]
+
+    def score_scale(self, statistic: str = "std") -> tuple[float, ...]:
+        """Each scorer's scale over the usable pairs: ``std``, the standard deviation of its scores over
+        their images ('normalized' labels); ``difference``, the median of its absolute score difference
+        within a pair, how far apart it typically puts two images ('veto' labels)."""
+        scores = self._scores()
+        if statistic == "std":
+            values = scores.transpose(0, 2, 1).reshape(-1, len(self.scorer_names)).std(axis=0)
+        elif statistic == "difference":
+            values = np.median(np.abs(scores[..., 0] - scores[..., 1]), axis=0)
+        else:
+            raise ValueError(f"score scale {statistic!r}: std or difference")
+        return tuple(float(max(s, 1e-12)) for s in values)
 
     def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The pairs at dataset indices, in the cache's dtypes: each shard is

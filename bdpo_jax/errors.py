@@ -61,11 +61,13 @@ class Interrupted(Exception):
         self.step, self.signum = step, signum
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
-    """A command's ``if __name__ == "__main__":`` body, in place of ``app.run(main)``."""
+def run(main: Callable[[list[str]], Any], define_flags: Callable[[], Any] | None = None) -> None:
+    """A command's ``if __name__ == "__main__":`` body, in place of ``app.run(main)``. ``define_flags``:
+    flags defined inside the boundary (a config file flag with a default reads the command line's
+    overrides as it is defined)."""
     from absl import app
 
-    app.run(main_with_clear_errors(main), flags_parser=parse_flags)
+    app.run(main_with_clear_errors(main), flags_parser=functools.partial(parse_flags, define_flags=define_flags))
 
 
 def main_with_clear_errors(main: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,7 +129,9 @@ def disk_problem(error: BaseException) -> str | None:
 
 
 def one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    """A message's lines joined with "; " (a line ending in ":" runs into the next)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "".join(f"{line} " if line.endswith(":") else f"{line}; " for line in lines).rstrip("; ")
 
 
 def debugging() -> bool:
@@ -156,11 +160,13 @@ def _close_progress_bars() -> None:
             bar.close()
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], define_flags: Callable[[], Any] | None = None) -> list[str]:
     """absl's parsing of the command line; what it or a config file refuses is one line and exit 2."""
     from absl import flags
 
     try:
+        if define_flags is not None:
+            define_flags()
         rest = flags.FLAGS(argv)
         _check_config_files()
         return rest
@@ -184,16 +190,16 @@ def command_line_problem(error: Exception, argv: Sequence[str]) -> str | None:
         return None  # raised by a config file's own code, not through ml_collections: a bug keeps its traceback
     key_error = error if isinstance(error, KeyError) else error.__context__
     text = str(key_error.args[0] if isinstance(key_error, KeyError) and key_error.args else error)
-    if caller.filename != __file__ and not isinstance(error, OSError):  # a config file's line used a key it lacks
-        return f"{caller.filename}, line {caller.lineno}: {_key_problem(text)}: correct the config file"
+    key = text.splitlines()[0].strip("'\"")
+    override = next((a for a in argv if key in _override_path(a)), None)
+    if override is None and caller.filename != __file__ and not isinstance(error, OSError):
+        return f"{caller.filename}, line {caller.lineno}: {_key_problem(text)}: correct the config file"  # its key
     config = f"--config={_flag_value(argv, 'config')}"
     if isinstance(error, OSError):  # the file could not be read: ml_collections raises that when it is first used
         return f"{config}: cannot load the config file ({one_line(str(error.__cause__ or error)).rsplit('; ', 1)[-1]})"
     if "get_config" in str(error):
         return f"{config}: the file defines no get_config(); a config file's get_config(arg) returns its config"
-    key = text.splitlines()[0].strip("'\"")
-    override = next((a for a in argv if key in _override_path(a)), f"an override of {config}")
-    return f"{override}: {_key_problem(text)}; use one of its keys"
+    return f"{override or f'an override of {config}'}: {_key_problem(text)}; use one of its keys"
 
 
 def _key_problem(text: str) -> str:

@@ -25,7 +25,7 @@ from bdpo_jax import cache as cache_format
 from bdpo_jax import sharding
 from bdpo_jax.data import Augment, CacheDataset, PairLoader
 from bdpo_jax.errors import UserError
-from bdpo_jax.labels import LabelSource
+from bdpo_jax.labels import SCALED, LabelSource, decided_rows
 from bdpo_jax.models import ModelOptions, UNetConfig, abstract_unet, load_params
 from bdpo_jax.models.attention import check_attention
 from bdpo_jax.models.lora import LoRASpec
@@ -215,14 +215,14 @@ def check(
         if manifest
         else planning_scorers(config.train.label_source, num_scorers)
     )
-    # 'normalized' scales by each scorer's spread over the cache: read with the arrays, at build
+    # 'normalized' and 'veto' scale by each scorer's spread over the cache: read with the arrays, at build
     label_source = attempt(
         "train.label_source",
         LabelSource.parse,
         config.train.label_source,
         scorer_names,
         tuple(config.train.label_weights) if config.train.label_weights else None,
-        (1.0,) * len(scorer_names) if config.train.label_source == "normalized" else None,
+        (1.0,) * len(scorer_names) if config.train.label_source.partition(":")[0] in SCALED else None,
     )
     base_entry = manifest["base_model"] if manifest else (base_model_entry(unet) if unet else None)
     if unet is not None and mesh_shape is not None and base_entry is not None:
@@ -396,18 +396,22 @@ def parameter_count(state: TrainState) -> int:
 
 
 def open_dataset(plan: RunPlan) -> tuple[CacheDataset, RunPlan]:
-    """The cache's arrays, checked as they open, before any weight is read; 'normalized'
-    labels get each scorer's spread over the cache."""
+    """The cache's arrays, checked as they open, before any weight is read; 'normalized' and 'veto'
+    labels get each scorer's spread over the cache, and a rule that drops pairs leaves them out."""
     config = plan.config
     dataset = CacheDataset(config.cache, config.train.label_source == "vote")
-    if config.train.global_batch > len(dataset):
-        raise ConfigError(
-            f"train.global_batch {config.train.global_batch} is larger than the cache's {len(dataset)} usable pairs"
-        )
     source = plan.step_config.label_source
-    if source.kind == "normalized":
-        source = dataclasses.replace(source, score_scale=dataset.score_scale())
+    if source.kind in SCALED:
+        source = dataclasses.replace(source, score_scale=dataset.score_scale(SCALED[source.kind]))
         plan = dataclasses.replace(plan, step_config=dataclasses.replace(plan.step_config, label_source=source))
+    if source.drops_pairs:
+        dataset.keep_only(partial(decided_rows, source=source))
+    if config.train.global_batch > len(dataset):
+        kept = f" that label_source {config.train.label_source!r} keeps" if source.drops_pairs else ""
+        raise ConfigError(
+            f"train.global_batch {config.train.global_batch} is larger than the cache's {len(dataset)} usable "
+            f"pairs{kept}"
+        )
     return dataset, plan
 
 

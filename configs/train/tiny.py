@@ -1,5 +1,5 @@
 """A few steps on CPU over a small cache, for the tests and the launchers'
-examples (the small world's runs are configs/train/world.py)."""
+examples (the small world's runs are world/configs/train.py)."""
 
 import ml_collections
 

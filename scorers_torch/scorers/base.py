@@ -75,8 +75,18 @@ def build_scorer(name: str, device: str | None = None, **kwargs: Any) -> Scorer:
     return cls(**kwargs)
 
 
+SCORER_PLUGINS = "bdpo.scorers"  # entry-point group: a package's module that registers scorers when imported
+
+
 def _import_builtin_scorers() -> None:
-    from scorers_torch.scorers import clip_scorers, world  # noqa: F401  (registration)
+    """Ours, and those of installed packages that name a module in the ``bdpo.scorers``
+    entry-point group (the small world's, ``world.scorers``, is one: this package does not import it)."""
+    from importlib.metadata import entry_points
+
+    from scorers_torch.scorers import clip_scorers  # noqa: F401  (registration)
+
+    for plugin in entry_points(group=SCORER_PLUGINS):
+        plugin.load()
 
 
 HUB_PREFIX = "hf://"

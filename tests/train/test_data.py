@@ -64,3 +64,28 @@ def test_config_mismatches_are_named(dataset, train_config):
     assert "grad_accum 3" in problems("micro-sd1")
     train_config.train.grad_accum = 1
     assert "for the 8 devices (mesh data 2 x fsdp 4)" in problems("micro-sd1", 8, (2, 4))
+
+
+def test_a_rule_that_drops_pairs_leaves_them_out_of_the_data(tiny_cache):
+    """unanimous: the loader's pairs are exactly the cache's usable pairs on which every scorer agrees."""
+    from bdpo_jax.labels import LabelSource, decided_rows
+
+    rule = LabelSource("unanimous")
+    everything, kept = CacheDataset(tiny_cache, drop_vote_ties=False), CacheDataset(tiny_cache, drop_vote_ties=False)
+    kept.keep_only(lambda shard: decided_rows(shard, rule))
+    votes = everything.gather(np.arange(len(everything)))["votes"]
+    agree = (votes == votes[:, :1]).all(axis=1)
+    assert 0 < len(kept) == agree.sum() < len(everything)
+    batch = kept.gather(np.arange(len(kept)))
+    assert (batch["votes"] == batch["votes"][:, :1]).all()
+
+
+def test_score_scales_by_hand(dataset):
+    """'normalized' reads each scorer's std over the images, 'veto' the median absolute difference within a pair."""
+    scores = dataset.gather(np.arange(len(dataset)))["scores"].astype(np.float64)
+    std = scores.transpose(0, 2, 1).reshape(-1, scores.shape[1]).std(axis=0)
+    np.testing.assert_allclose(dataset.score_scale(), std, rtol=1e-6)
+    np.testing.assert_allclose(dataset.score_scale("difference"), np.median(np.abs(scores[..., 0] - scores[..., 1]), 0),
+                               rtol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="std or difference"):
+        dataset.score_scale("mean")

@@ -156,3 +156,34 @@ def test_ties_are_left_out_of_the_mean():
     np.testing.assert_allclose(with_ties, without, rtol=1e-6)
     # the mean over all five pairs would add 2 x log 2 and divide by 5
     assert abs(float(with_ties) - (3 * float(without) + 2 * np.log(2)) / 5) > 1e-3
+
+
+def test_unanimous_and_veto_rules_by_hand():
+    """unanimous: the pairs every scorer decides alike; veto: the vote, dropped where an outvoted scorer's
+    score difference exceeds ``veto_spread`` of its score scale. The host (numpy) computes what the step does."""
+    from bdpo_jax.labels import decided_rows
+
+    # scorers a, b, c (scales 1, 1, 10); votes are +1 where image 0 scores at least image 1
+    scores = [
+        [[0.5, 0.1], [2, 1], [30, 20]],  # all prefer image 0
+        [[0.5, 0.1], [2, 1], [5, 20]],  # c outvoted by 15 = 1.5 of its scale
+        [[0.1, 0.5], [1, 2], [1, 3]],  # all prefer image 1
+        [[0.5, 0.1], [1, 1.5], [3, 1]],  # b outvoted by 0.5 of its scale
+        [[0.1, 0.5], [1, 2], [25, 5]],  # c outvoted by 20 = 2 of its scale
+    ]
+    batch = {"scores": jnp.asarray(scores, jnp.float32)}
+    batch["votes"] = jnp.where(batch["scores"][..., 0] >= batch["scores"][..., 1], 1, -1).astype(jnp.int8)
+    batch["label"] = jnp.sign(batch["votes"].sum(axis=1)).astype(jnp.int8)
+    names, scale, key = ["a", "b", "c"], (1.0, 1.0, 10.0), jax.random.key(0)
+    expected = {"unanimous": [1, 0, -1, 0, 0], "veto": [1, 0, -1, 1, 0], "veto:3": [1, 1, -1, 1, -1]}
+    for spec, labels in expected.items():
+        source = LabelSource.parse(spec, names, score_scale=scale)
+        assert source.drops_pairs
+        assert pair_labels(batch, source, key).tolist() == labels, spec
+        host = {k: np.asarray(v) for k, v in batch.items()}
+        assert decided_rows(host, source).tolist() == [x != 0 for x in labels], spec
+    for spec in ("veto:-1", "veto:x", "unanimous:2"):
+        with pytest.raises(LabelSourceError, match="label source"):
+            LabelSource.parse(spec, names, score_scale=scale)
+    with pytest.raises(LabelSourceError, match="needs each scorer's score scale"):
+        LabelSource.parse("veto", names)

@@ -83,3 +83,21 @@ def test_state_lies_on_its_planned_shards_and_equals_the_unsharded_load(tiny_cac
     for loaded, ref, expected in zip(flat_loaded, flat_ref, jax.tree.leaves(unsharded), strict=True):
         np.testing.assert_array_equal(np.asarray(loaded), np.asarray(expected))
         np.testing.assert_array_equal(np.asarray(ref), np.asarray(jnp.asarray(expected).astype(ref.dtype)))
+
+
+def test_rules_that_drop_pairs_open_the_cache_with_their_pairs_and_scales(tiny_cache):
+    """unanimous and veto: the run's data is the pairs the rule decides, veto's scale each scorer's
+    median absolute difference within a pair; checked when the cache opens, before any weight is read."""
+    from bdpo_jax.data import CacheDataset
+    from bdpo_jax.labels import decided_rows
+    from bdpo_jax.trainer import open_dataset
+
+    everything = CacheDataset(tiny_cache, drop_vote_ties=False)
+    for spec, scale in (("unanimous", None), ("veto", everything.score_scale("difference"))):
+        dataset, plan = open_dataset(check(tiny_train_config(tiny_cache, label_source=spec)))
+        source = plan.step_config.label_source
+        assert source.score_scale == scale
+        decided = np.concatenate([decided_rows(shard, source) for shard in everything.shards])
+        assert 0 < len(dataset) == decided.sum() < len(everything)
+    with pytest.raises(ConfigError, match=r"larger than the cache's .* usable pairs that label_source 'unanimous'"):
+        open_dataset(check(tiny_train_config(tiny_cache, label_source="unanimous", global_batch=40)))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from scorers_torch import world
 from scorers_torch.scorers import build_scorer
+from world import scene as world
 
 SCORERS = ("fidelity", "composition", "contrast", "vividness")
 
@@ -27,9 +27,11 @@ def test_grammar_and_split_are_fixed():
     prompts = [a.prompt for a in world.all_attributes()]
     assert len(prompts) == len(set(prompts)) == 6 * 3 * 5 * 3
     assert all(world.parse_prompt(p).prompt == p for p in prompts)
-    train, held_out = world.split_prompts(60)
-    assert len(held_out) == 60 and not set(train) & set(held_out)
-    assert world.split_prompts(60) == (train, held_out)
+    split = world.split_prompts()
+    sizes = {part: len(found) for part, found in split.items()}
+    assert sizes == {"train": 270 - 100, "validation": world.VALIDATION_PROMPTS, "test": world.TEST_PROMPTS}
+    assert sorted(p for found in split.values() for p in found) == sorted(prompts)  # three disjoint parts
+    assert world.split_prompts() == split
 
 
 def test_render_is_deterministic_and_follows_the_prompt():
@@ -96,12 +98,13 @@ def test_size_preferences_on_pairs_of_a_small_and_a_large_object(tmp_path):
     it, composition (roomy), fidelity (colour) and the human (colour, size near 16%) the smaller, and
     the vote ties 2-2 (dropped). A third where the smaller is a pale red: all but composition prefer the
     larger, and so does the vote, 3 to 1."""
-    from scorers_torch.world_diagnosis import size_preferences
+    from scorers_torch.pickapic import write_pairs
+    from world.diagnosis import size_preferences
 
     prompt = "a red square in the middle on a white background"
     small, large = square((215, 40, 40), half=5), square((150, 20, 20), half=8)
     pale_small, red_large = square((200, 120, 120), half=5), square((215, 40, 40), half=8)
-    pairs = world.write_pairs(
+    pairs = write_pairs(
         tmp_path / "pairs.parquet", [prompt] * 3, [small, large, pale_small], [large, small, red_large], np.ones(3)
     )
     shares = size_preferences(pairs)
@@ -114,7 +117,7 @@ def test_sample_spread_by_hand(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scorers_torch.world_diagnosis import sample_spread
+    from world.diagnosis import sample_spread
 
     rows = []
     for model, half, values in (("base", 4, [1.0, 3.0, 2.0, 2.0]), ("tuned", 8, [2.0, 2.0, 5.0, 5.0])):

@@ -2,7 +2,7 @@
 text lost? Three measurements on a pipeline directory (and its caches):
 
 - ``conditioning_losses``: the UNet's diffusion loss on fresh renders of
-  held-out prompts with their own caption, another prompt's caption and the
+  unseen prompts with their own caption, another prompt's caption and the
   empty one. Equal losses: the UNet ignores its text states.
 - ``cache_alignment``: a cache's text states against the pipeline's text
   encoder run on each pair's caption now, and its latents against the VAE run
@@ -12,7 +12,7 @@ text lost? Three measurements on a pipeline directory (and its caches):
   prompt's colour, shape, place and background (nearest of the grammar's), at
   guidance 1 and at the world's guidance (equal: the sampler's prompt does nothing).
 
-And, with ``--workdir``, why a trained model wins or loses a metric:
+And, on a draw's pairs and evaluation, why a trained model wins or loses a metric:
 
 - ``size_preferences``: on the preference pairs, how often each scorer, the
   hidden human and the vote prefer the larger of the two objects (a direction
@@ -21,21 +21,24 @@ And, with ``--workdir``, why a trained model wins or loses a metric:
   its spread over a prompt's N images and the object's size (best-of-N
   rewards spread: a model whose images are better on average but alike can lose it).
 
-    python -m scorers_torch.world_diagnosis --base workdirs/world/base [--workdir workdirs/world]
+    python -m world.diagnosis --draw workdirs/world/draw-0 [--prompt_set validation]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from absl import flags
 from PIL import Image
 
-from scorers_torch import world
+from bdpo_jax import errors
+from bdpo_jax.errors import UserError
+from world import scene as world
+from world.settings import HIDDEN_HUMAN, WORLD_SCORERS
 
 # Each attribute a prompt names, and the grammar's table of its values.
 TABLES = {"colour": world.COLOURS, "shape": world.SHAPES, "position": world.POSITIONS, "background": world.BACKGROUNDS}
@@ -172,17 +175,16 @@ def size_preferences(pairs: str | Path) -> dict[str, float]:
     the hidden human's utility and the scorers' vote (on the pairs it decides) prefer the larger object."""
     import pyarrow.parquet as pq
 
-    from configs.preprocess import world as preprocess_world
-    from configs.preprocess.world import WORLD_SCORERS
     from scorers_torch.pickapic import decode_image
     from scorers_torch.scorers import build_scorer
-    from scorers_torch.scorers.world import read
     from scorers_torch.votes import majority_vote
+    from world.scorers import read
+    from world.settings import preprocess_config
 
     table = pq.read_table(pairs, columns=["caption", "jpg_0", "jpg_1"]).to_pydict()
     images = [[decode_image(data) for data in table[k]] for k in ("jpg_0", "jpg_1")]
     area = np.array([[read(image).area for image in side] for side in images]).T  # (pairs, 2)
-    names = (*WORLD_SCORERS, "world_human")
+    names = (*WORLD_SCORERS, HIDDEN_HUMAN)
     # (pairs, scorers, 2), the preprocessing job's layout
     scores = np.stack(
         [np.stack([build_scorer(n).score(side, table["caption"]) for side in images], -1) for n in names], 1
@@ -196,7 +198,7 @@ def size_preferences(pairs: str | Path) -> dict[str, float]:
         name: share(scores[:, k, 0] > scores[:, k, 1], sized & (scores[:, k, 0] != scores[:, k, 1]))
         for k, name in enumerate(names)
     }
-    vote = majority_vote(scores[:, : len(WORLD_SCORERS)], preprocess_world.get_config().tie_policy)
+    vote = majority_vote(scores[:, : len(WORLD_SCORERS)], preprocess_config().tie_policy)
     return shares | {"vote": share(vote.label > 0, sized & vote.keep)}
 
 
@@ -206,7 +208,7 @@ def sample_spread(evaluation: str | Path) -> dict[str, dict[str, float]]:
     object's mean area."""
     from scorers_torch.evaluate import read_scores
     from scorers_torch.evaluation.outputs import OutputDir, read_image, under
-    from scorers_torch.scorers.world import read
+    from world.scorers import read
 
     output = OutputDir(evaluation)
     columns = read_scores(output.scores)
@@ -226,46 +228,43 @@ def sample_spread(evaluation: str | Path) -> dict[str, dict[str, float]]:
     return found
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="the world's pipeline directory (WORKDIR/base)")
-    parser.add_argument(
-        "--workdir",
-        help="the world's work directory: also check its caches against their sources, "
-        "measure its pairs' size preferences and its evaluation's spread",
-    )
-    parser.add_argument("--prompts", type=int, default=60, help="held-out prompts to measure on")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps")
-    args = parser.parse_args(argv)
-    from bdpo_jax.small_world import quiet_diffusers
+def main(argv: list[str]) -> None:
+    del argv
+    from world import settings
+    from world.configs.world import get_config
+    from world.stages import quiet_diffusers
 
     quiet_diffusers()
-    prompts = world.split_prompts(60)[1][: args.prompts]
-    print(f"text states: one changed word moves them by {text_separation(args.base, prompts):.2f} std")
-    losses = conditioning_losses(args.base, prompts)
-    print("diffusion loss on renders of held-out prompts, by caption: "
+    args = flags.FLAGS
+    draw = Path(args.draw)
+    base = draw / "base"
+    if not (base / "model_index.json").is_file():
+        raise UserError(f"{draw} has no base model ({base}): give a draw folder of world.demo or world.replicate")
+    sampler = get_config("demo").sampler
+    prompts = settings.prompts(get_config("demo"), args.prompt_set, args.prompts)
+    print(f"text states: one changed word moves them by {text_separation(base, prompts):.2f} std")
+    losses = conditioning_losses(base, prompts)
+    print(f"diffusion loss on renders of {args.prompt_set} prompts, by caption: "
           + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))  # fmt: skip
     renders = [world.render(world.parse_prompt(p), np.random.default_rng(i)) for i, p in enumerate(prompts)]
     print("attribute accuracy of renders: " + _fmt(attribute_accuracy(renders, prompts)))
-    for guidance in sorted({1.0, args.guidance}):
-        accuracy, _ = sample_accuracy(args.base, prompts, guidance, args.steps)
+    for guidance in sorted({1.0, sampler.guidance_scale}):
+        accuracy, _ = sample_accuracy(base, prompts, guidance, sampler.steps)
         print(f"attribute accuracy of samples at guidance {guidance:g}: " + _fmt(accuracy))
-    if args.workdir:
-        workdir = Path(args.workdir)
-        for name, cache, source in (
-            ("pretraining", workdir / "pretrain" / "cache", workdir / "pretrain" / "renders.parquet"),
-            ("pairs", workdir / "pairs" / "cache", workdir / "pairs" / "pairs.parquet"),
-        ):
-            if (cache / "manifest.json").is_file():
-                found = cache_alignment(cache, args.base if name == "pairs" else workdir / "pretrain" / "init", source)
-                print(f"{name} cache against its source, max relative difference: " + _fmt(found, "{:.2e}"))
-        if (workdir / "pairs" / "pairs.parquet").is_file():
-            shares = size_preferences(workdir / "pairs" / "pairs.parquet")
-            print("of the pairs, the share in which each prefers the larger object: " + _fmt(shares))
-        if (workdir / "eval" / "scores.parquet").is_file():
-            print(f"{workdir / 'eval'}: per model, each metric's mean and spread over a prompt's images (sd)")
-            for model, row in sample_spread(workdir / "eval").items():
+    for name, cache, source, encoders in (
+        ("pretraining", draw / "pretrain" / "cache", draw / "pretrain" / "renders.parquet", draw / "pretrain" / "init"),
+        ("pairs", draw / "pairs" / "cache", draw / "pairs" / "pairs.parquet", base),
+    ):
+        if (cache / "manifest.json").is_file():
+            found = cache_alignment(cache, encoders, source)
+            print(f"{name} cache against its source, max relative difference: " + _fmt(found, "{:.2e}"))
+    if (draw / "pairs" / "pairs.parquet").is_file():
+        shares = size_preferences(draw / "pairs" / "pairs.parquet")
+        print("of the pairs, the share in which each prefers the larger object: " + _fmt(shares))
+    for evaluation in sorted(draw.glob("eval-*")):
+        if (evaluation / "scores.parquet").is_file():
+            print(f"{evaluation}: per model, each metric's mean and spread over a prompt's images (sd)")
+            for model, row in sample_spread(evaluation).items():
                 print(f"  {model}: " + _fmt(row, "{:.4g}"))
 
 
@@ -274,4 +273,8 @@ def _fmt(values: dict[str, float], spec: str = "{:.0%}") -> str:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_string("draw", None, "A draw folder of the world (WORKDIR/draw-SEED), with its base/.")
+    flags.DEFINE_enum("prompt_set", "validation", ["validation", "test"], "Unseen prompts to measure on.")
+    flags.DEFINE_integer("prompts", 40, "How many of them (0: all).")
+    flags.mark_flag_as_required("draw")
+    errors.run(main)

@@ -16,7 +16,7 @@ and lowers ``fidelity``. What was not built in: on the base's own samples a
 confidently drawn object is larger, more saturated and more contrasted at
 once, so ``contrast``, ``fidelity`` and ``vividness`` prefer the larger of two
 objects and ``composition`` alone the smaller; a majority vote then grows
-objects and ``composition`` loses (``world_diagnosis.size_preferences``; README).
+objects and ``composition`` loses (``world.diagnosis.size_preferences``; README).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from scorers_torch.scorers.base import Scorer, register_scorer
-from scorers_torch.world import (
+from world.scene import (
     BACKGROUNDS,
     COLOURS,
     POSITIONS,
@@ -48,13 +48,13 @@ def _reading(pixels: bytes, size: tuple[int, int]) -> Reading:
 
 
 def read(image: Image.Image) -> Reading:
-    """``world.measure``, once per image however many scorers ask (keyed by its pixels)."""
+    """``world.scene.measure``, once per image however many scorers ask (keyed by its pixels)."""
     image = image.convert("RGB")
     return _reading(image.tobytes(), image.size)
 
 
 class ReadingScorer(Scorer):
-    """A scorer that is a formula of ``world.measure``'s reading and the prompt."""
+    """A scorer that is a formula of ``world.scene.measure``'s reading and the prompt."""
 
     formula: Callable[[Reading, str], float]
 
@@ -119,7 +119,7 @@ class Vividness(ReadingScorer):
 
 @register_scorer("world_human")
 class WorldHuman(ReadingScorer):
-    """The hidden "human" utility (``world.human_utility``): the evaluation's
+    """The hidden "human" utility (``world.scene.human_utility``): the evaluation's
     stand-in for a human study. No vote sees it; Diffusion-DPO's labels are drawn from it."""
 
     @staticmethod

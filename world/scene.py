@@ -1,20 +1,17 @@
-"""The small world: prompts from a grammar, images rendered from them, what an
-image shows, and a hidden "human" preference.
+"""The small world's scene: prompts from a grammar and their split, images
+rendered from them, what an image shows, and a hidden "human" preference.
 
 A prompt names four attributes, "a red circle on the left on a white
 background"; the renderer draws it at 32 px with natural variation (size,
 position, shade), which is what the tiny base model is pretrained on. The
-scorers (``scorers_torch.scorers.world``) and the hidden human read images
+scorers (``world.scorers``) and the hidden human read images
 through ``measure``: one segmentation, several properties.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import itertools
-import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -89,12 +86,23 @@ def parse_prompt(prompt: str) -> Attributes | None:
     return Attributes(**found)
 
 
-def split_prompts(num_eval: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """(train prompts, held-out evaluation prompts): a fixed random split of the grammar."""
+SPLIT_SEED = 0
+# The grammar's 270 prompts in three parts, drawn once: the base (its VAE, its pretraining) and the preference
+# pairs see only training prompts; every setting (learning rate, beta, T, steps, guidance) is chosen on the
+# validation prompts; the test prompts serve only the reported tables.
+TEST_PROMPTS = 60
+VALIDATION_PROMPTS = 40
+PROMPT_SETS = ("train", "validation", "test")
+
+
+def split_prompts() -> dict[str, list[str]]:
+    """{"train", "validation", "test"}: the grammar's prompts in three fixed parts, each sorted.
+    One permutation of the grammar (seeded by ``SPLIT_SEED``) is cut test first, then validation."""
     prompts = [a.prompt for a in all_attributes()]
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    held_out = sorted(prompts[i] for i in order[:num_eval])
-    return sorted(prompts[i] for i in order[num_eval:]), held_out
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(prompts))
+    cut = (TEST_PROMPTS, TEST_PROMPTS + VALIDATION_PROMPTS)
+    parts = {"test": order[: cut[0]], "validation": order[cut[0] : cut[1]], "train": order[cut[1] :]}
+    return {name: sorted(prompts[i] for i in parts[name]) for name in PROMPT_SETS}
 
 
 def render(attributes: Attributes, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
@@ -218,39 +226,3 @@ def human_prefers(utility_0: np.ndarray, utility_1: np.ndarray, rng: np.random.G
     """label_0 of Pick-a-Pic: 1 where the human picks image 0, by a Bradley-Terry draw."""
     p0 = 1.0 / (1.0 + np.exp(-(np.asarray(utility_0) - np.asarray(utility_1)) / temperature))
     return (rng.random(p0.shape) < p0).astype(np.float32)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_pairs(
-    path: str | os.PathLike,
-    prompts: list[str],
-    images_0: list[Image.Image],
-    images_1: list[Image.Image],
-    label_0: np.ndarray,
-) -> Path:
-    """Pairs as a Pick-a-Pic v2-schema parquet file (PNG bytes, lossless), the
-    form ``scorers_torch.preprocess`` reads."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    label_0 = np.asarray(label_0, np.float64)
-    table = pa.table(
-        {
-            "caption": list(prompts),
-            "jpg_0": [png_bytes(im) for im in images_0],
-            "jpg_1": [png_bytes(im) for im in images_1],
-            "label_0": label_0,
-            "label_1": 1.0 - label_0,
-        }
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.rename(path)
-    return path
