@@ -150,11 +150,11 @@ def custom_call_counts(hlo_text: str) -> dict[str, int]:
     return counts
 
 
-def attention_flops(plan: trainer.RunPlan, pairs: float, forwards: int = 3) -> dict[str, float]:
+def attention_flops(plan: trainer.RunPlan, pairs: float) -> dict[str, float]:
     """FLOPs of the UNet's attention maps (QK^T and PV) per chip per step, forward and backward,
     split by the kernel that runs them: what the TPU cost model misses inside Pallas kernels.
-    ``forwards``: 3 with the stacked reference (policy and reference stacked, the policy's again
-    in the backward pass), 2 without; the backward counts as two; remat's recomputation is not counted."""
+    Two forwards (the policy's and the reference's, stacked or not) and the policy's backward,
+    counted as two; remat's recomputation is not counted."""
     from bdpo_jax.models.attention import choose_attention
 
     unet, options = plan.unet_config, plan.options
@@ -168,7 +168,7 @@ def attention_flops(plan: trainer.RunPlan, pairs: float, forwards: int = 3) -> d
         heads = unet.num_attention_heads[level]
         kernel = choose_attention(options.attention, options.platform, options.dtype, channels // heads, tokens, keys)
         # 2 matmuls of 2*T*S*C each, 2 images per pair, the forwards and a backward of two
-        flops = 2 * 2 * tokens * keys * channels * 2 * pairs * (forwards + 2) * count
+        flops = 2 * 2 * tokens * keys * channels * 2 * pairs * (2 + 2) * count
         by_kernel[kernel] = by_kernel.get(kernel, 0.0) + flops
 
     for level in range(levels):
@@ -244,7 +244,7 @@ def prepare(request: Request) -> Prepared:
         "optimizer": per_chip_bytes(state.opt_state),
         "frozen base": per_chip_bytes(base),
     }
-    kernels = attention_flops(run, config.train.global_batch / chips, 3 if stacked_reference else 2)
+    kernels = attention_flops(run, config.train.global_batch / chips)
     figures = dict(
         target=target.name,
         device_kind=devices[0].device_kind,

@@ -8,10 +8,12 @@ not part of the state (so neither optimizer nor checkpoint holds it). Full
 fine-tuning has an empty base.
 
 The policy and the reference predict in one computation: one forward vmapped
-over their parameters stacked in the compute dtype, the gradient flowing
-through the policy's slice only. Two forwards compiled apart (one inside the
-gradient, one outside) round differently, and beta (5000) multiplies the
-difference: the implicit reward would not be zero where policy == reference. The reference refresh is a functional
+over their parameters stacked in the compute dtype. Two forwards compiled apart
+(one inside the gradient, one outside) round differently, and beta (5000)
+multiplies the difference: the implicit reward would not be zero where policy ==
+reference. The gradient is the policy's alone, from its slice of that forward's
+residuals, so the exact margin costs the FLOPs of two separate forwards
+(``bench/reference_forward.py``). The reference refresh is a functional
 replacement of ``ref_params`` inside the step, every ``ref_refresh_every`` steps.
 """
 
@@ -108,24 +110,36 @@ def _forward(params: dict, base: dict, inputs: dict, graphdef: nnx.GraphDef, dty
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _predict_stacked(params, ref_params, base, inputs, graphdef, dtype):
     """One forward vmapped over [policy, reference], so that both round alike;
-    the base (LoRA) is shared, not stacked. Its gradient is the policy's alone,
-    by a forward recomputed inside the backward pass: autodiff of the vmapped
-    forward would also run the reference's backward (on zeros) and keep its
-    activations."""
-    stacked = jax.tree.map(lambda p, r: jnp.stack([p.astype(dtype), r.astype(dtype)]), params, ref_params)
-    both = jax.vmap(lambda p: _forward(p, base, inputs, graphdef, dtype))(stacked)
+    the base (LoRA) is shared, not stacked. Its gradient is the policy's alone:
+    autodiff of the vmapped forward would also run the reference's backward (on
+    zeros) and keep its activations, so the forward pass keeps the policy's
+    slice of the vmapped forward's residuals and the backward runs on them."""
+    both = jax.vmap(lambda p: _forward(p, base, inputs, graphdef, dtype))(_stack(params, ref_params, dtype))
     return both[0], both[1]
 
 
+def _stack(params, ref_params, dtype):
+    return jax.tree.map(lambda p, r: jnp.stack([p.astype(dtype), r.astype(dtype)]), params, ref_params)
+
+
+def _stacked_forward(params, ref_params, base, inputs, graphdef, dtype):
+    """Both predictions, and the policy's pullback: the vmapped forward's residuals, policy slice."""
+    pullback = lambda p: jax.vjp(lambda q: _forward(q, base, inputs, graphdef, dtype), p)  # noqa: E731
+    both, pullbacks = jax.vmap(pullback)(_stack(params, ref_params, dtype))
+    return (both[0], both[1]), jax.tree.map(lambda residual: residual[0], pullbacks)
+
+
 def _predict_stacked_fwd(params, ref_params, base, inputs, graphdef, dtype):
-    return _predict_stacked(params, ref_params, base, inputs, graphdef, dtype), (params, ref_params, base, inputs)
+    predictions, policy_pullback = _stacked_forward(params, ref_params, base, inputs, graphdef, dtype)
+    return predictions, (policy_pullback, params, ref_params, base, inputs)
 
 
 def _predict_stacked_bwd(graphdef, dtype, residuals, cotangents):
-    params, ref_params, base, inputs = residuals
-    _, vjp = jax.vjp(lambda p: _forward(p, base, inputs, graphdef, dtype), params)
+    policy_pullback, params, ref_params, base, inputs = residuals
+    # The pullback's gradient is in the compute dtype (the stacked parameters'); the cast's transpose.
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), policy_pullback(cotangents[0])[0], params)
     zeros = functools.partial(jax.tree.map, jnp.zeros_like)
-    return vjp(cotangents[0])[0], zeros(ref_params), zeros(base), zeros(inputs)
+    return grads, zeros(ref_params), zeros(base), zeros(inputs)
 
 
 _predict_stacked.defvjp(_predict_stacked_fwd, _predict_stacked_bwd)

@@ -6,6 +6,8 @@ an MSE (summed in another order on four devices) moves the loss by about
 beta * 1e-7: MSEs are compared to 1e-6, the loss to 1e-4 at beta = 500.
 """
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -77,13 +79,29 @@ def test_gradient_accumulation_matches_one_batch(one_device):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_policy_equal_to_reference_gives_exactly_zero_margin(dtype):
-    """Where policy == reference (step 0, and right after a refresh), the loss
-    is log 2 and every pair's implicit reward is exactly 0, in bf16 and fp32:
-    both forwards are one computation, inside the gradient."""
+def assert_zero_margin(metrics, beta_label):
+    assert abs(float(metrics["loss"]) - math.log(2)) < 1e-6, (beta_label, float(metrics["loss"]))
+    assert float(metrics["implicit_accuracy"]) == 0.5 and float(metrics["reward_margin"]) == 0.0
+    assert float(metrics["mse_policy_winner"]) == float(metrics["mse_reference_winner"])
+    assert float(metrics["mse_policy_loser"]) == float(metrics["mse_reference_loser"])
+
+
+def test_policy_equal_to_reference_gives_exactly_zero_margin_in_fp32(one_device):
+    """Where policy == reference (step 1, the base as reference; step 3, right after
+    the refresh of step 2 to a policy that had moved from the base), the loss is
+    log 2 and every pair's implicit reward is exactly 0: both forwards are one
+    computation, inside the gradient. (bf16: the test below.)"""
+    _, (_, base, history) = one_device
+    (_, m1), (s2, _), (_, m3) = history
+    assert not same(s2.ref_params, base)
+    assert_zero_margin(m1, "step 1")
+    assert_zero_margin(m3, "step 3")
+
+
+def test_policy_equal_to_reference_gives_exactly_zero_margin_in_bf16():
+    """As above, in bf16 and at the paper's beta, refreshed every step."""
+    dtype = "bfloat16"
     import functools
-    import math
 
     import jax.numpy as jnp
     import optax
@@ -117,21 +135,19 @@ def test_policy_equal_to_reference_gives_exactly_zero_margin(dtype):
     for step_index in range(2):  # step 0: the base model as reference; step 1: right after a refresh
         state, metrics = step(state, batch)
         assert bool(metrics["ref_refreshed"])
-        assert abs(float(metrics["loss"]) - math.log(2)) < 1e-6, (step_index, float(metrics["loss"]))
-        assert float(metrics["implicit_accuracy"]) == 0.5 and float(metrics["reward_margin"]) == 0.0
-        assert float(metrics["mse_policy_winner"]) == float(metrics["mse_reference_winner"])
-        assert float(metrics["mse_policy_loser"]) == float(metrics["mse_reference_loser"])
+        assert_zero_margin(metrics, f"step {step_index}")
     assert not same(state.params, before)  # the refresh replaced a reference that had moved
 
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_stacked_forward_gradient_is_the_policys(lora):
-    """The stacked forward's gradient (the policy's, by recomputation) equals
+    """The stacked forward's gradient (the policy's, from its slice of the residuals) equals
     that of two separate forwards, in fp32, with the reference apart from the
     policy; with LoRA, the adapters' gradient, the base shared by both. And (with
     LoRA) SFT's training loss (the winners' forward alone, differentiated as any
     forward) equals the full computation's."""
     import dataclasses
+    import functools
 
     import jax.numpy as jnp
     from flax import nnx
@@ -166,8 +182,9 @@ def test_stacked_forward_gradient_is_the_policys(lora):
     noise, t, signs, weights = draw(jax.random.key(0), batch, stacked)
     grads = {}
     for name, cfg in (("stacked", stacked), ("separate", dataclasses.replace(stacked, stacked_reference=False))):
-        args = (batch, noise, t, signs, weights, decided_pairs(signs), graphdef, cfg)
-        grads[name] = jax.grad(lambda p: loss_and_metrics(p, ref, *args, base)[0])(params)  # noqa: B023
+        loss = functools.partial(loss_and_metrics, graphdef=graphdef, cfg=cfg)
+        gradient = jax.jit(jax.grad(lambda p, *arrays, base: loss(p, *arrays, base=base)[0]))  # noqa: B023
+        grads[name] = gradient(params, ref, batch, noise, t, signs, weights, decided_pairs(signs), base=base)
     for a, b in zip(jax.tree.leaves(grads["stacked"]), jax.tree.leaves(grads["separate"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     assert any(np.abs(a).max() > 0 for a in jax.tree.leaves(grads["stacked"]))
