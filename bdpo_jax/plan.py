@@ -153,8 +153,11 @@ def custom_call_counts(hlo_text: str) -> dict[str, int]:
 def attention_flops(plan: trainer.RunPlan, pairs: float) -> dict[str, float]:
     """FLOPs of the UNet's attention maps (QK^T and PV) per chip per step, forward and backward,
     split by the kernel that runs them: what the TPU cost model misses inside Pallas kernels.
-    Two forwards (the policy's and the reference's, stacked or not) and the policy's backward,
-    counted as two; remat's recomputation is not counted."""
+    The policy's and the reference's forwards, the policy's again in the backward where the
+    stacked reference recomputes it, and the backward, counted as two; remat's recomputation is
+    not counted."""
+    step = plan.step_config
+    forwards = 3 if step.stacked_reference and step.reference_backward == "recompute" else 2
     from bdpo_jax.models.attention import choose_attention
 
     unet, options = plan.unet_config, plan.options
@@ -168,7 +171,7 @@ def attention_flops(plan: trainer.RunPlan, pairs: float) -> dict[str, float]:
         heads = unet.num_attention_heads[level]
         kernel = choose_attention(options.attention, options.platform, options.dtype, channels // heads, tokens, keys)
         # 2 matmuls of 2*T*S*C each, 2 images per pair, the forwards and a backward of two
-        flops = 2 * 2 * tokens * keys * channels * 2 * pairs * (2 + 2) * count
+        flops = 2 * 2 * tokens * keys * channels * 2 * pairs * (forwards + 2) * count
         by_kernel[kernel] = by_kernel.get(kernel, 0.0) + flops
 
     for level in range(levels):

@@ -11,9 +11,12 @@ The policy and the reference predict in one computation: one forward vmapped
 over their parameters stacked in the compute dtype. Two forwards compiled apart
 (one inside the gradient, one outside) round differently, and beta (5000)
 multiplies the difference: the implicit reward would not be zero where policy ==
-reference. The gradient is the policy's alone, from its slice of that forward's
-residuals, so the exact margin costs the FLOPs of two separate forwards
-(``bench/reference_forward.py``). The reference refresh is a functional
+reference. The gradient is the policy's alone, by one of two backward passes
+(``StepConfig.reference_backward``): "recompute" runs the policy's forward
+again inside the backward (x1.25 the FLOPs of two separate forwards, no
+activations kept from the stacked forward); "residuals" keeps the policy's slice
+of the stacked forward's residuals (the FLOPs of two forwards, and on TPU more
+than twice the memory: ``bench/RESULTS.md``). The reference refresh is a functional
 replacement of ``ref_params`` inside the step, every ``ref_refresh_every`` steps.
 """
 
@@ -44,6 +47,9 @@ class TrainState:
     rng: jax.Array  # raw uint32[2] key, so that checkpoints hold plain arrays
 
 
+REFERENCE_BACKWARDS = ("recompute", "residuals")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     schedule: NoiseSchedule
@@ -55,7 +61,8 @@ class StepConfig:
     sdxl_time_ids: tuple[float, ...] | None = None  # original size, crop, target size
     compute_dtype: str = "float32"  # the UNet's compute dtype (ModelOptions.dtype)
     ref_dtype: str = "float32"  # the reference parameters' dtype; the compute dtype keeps margins exact
-    stacked_reference: bool = True  # False: two separate forwards (measured against in bench/dpo_step.py)
+    stacked_reference: bool = True  # False: two separate forwards (measured against in bench/reference_forward.py)
+    reference_backward: str = "recompute"  # or "residuals": the stacked forward's backward (module docstring)
 
 
 def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int, ref_dtype: str) -> TrainState:
@@ -93,7 +100,10 @@ def predict(
     if not cfg.stacked_reference:
         prediction = _merge(graphdef, params, base)(**inputs)
         return prediction, jax.lax.stop_gradient(_merge(graphdef, ref_params, base)(**inputs))
-    prediction, ref_prediction = _predict_stacked(params, ref_params, base, inputs, graphdef, cfg.compute_dtype)
+    keep_residuals = cfg.reference_backward == "residuals"
+    prediction, ref_prediction = _predict_stacked(
+        params, ref_params, base, inputs, graphdef, cfg.compute_dtype, keep_residuals
+    )
     return prediction, jax.lax.stop_gradient(ref_prediction)
 
 
@@ -107,13 +117,14 @@ def _forward(params: dict, base: dict, inputs: dict, graphdef: nnx.GraphDef, dty
     return _merge(graphdef, cast(params), cast(base))(**inputs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _predict_stacked(params, ref_params, base, inputs, graphdef, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _predict_stacked(params, ref_params, base, inputs, graphdef, dtype, keep_residuals):
     """One forward vmapped over [policy, reference], so that both round alike;
     the base (LoRA) is shared, not stacked. Its gradient is the policy's alone:
     autodiff of the vmapped forward would also run the reference's backward (on
-    zeros) and keep its activations, so the forward pass keeps the policy's
-    slice of the vmapped forward's residuals and the backward runs on them."""
+    zeros) and keep its activations. The backward either recomputes the policy's
+    forward or, ``keep_residuals``, runs on the policy's slice of the vmapped
+    forward's residuals."""
     both = jax.vmap(lambda p: _forward(p, base, inputs, graphdef, dtype))(_stack(params, ref_params, dtype))
     return both[0], both[1]
 
@@ -122,21 +133,21 @@ def _stack(params, ref_params, dtype):
     return jax.tree.map(lambda p, r: jnp.stack([p.astype(dtype), r.astype(dtype)]), params, ref_params)
 
 
-def _stacked_forward(params, ref_params, base, inputs, graphdef, dtype):
-    """Both predictions, and the policy's pullback: the vmapped forward's residuals, policy slice."""
+def _predict_stacked_fwd(params, ref_params, base, inputs, graphdef, dtype, keep_residuals):
+    if not keep_residuals:
+        predictions = _predict_stacked(params, ref_params, base, inputs, graphdef, dtype, keep_residuals)
+        return predictions, (None, params, ref_params, base, inputs)
     pullback = lambda p: jax.vjp(lambda q: _forward(q, base, inputs, graphdef, dtype), p)  # noqa: E731
     both, pullbacks = jax.vmap(pullback)(_stack(params, ref_params, dtype))
-    return (both[0], both[1]), jax.tree.map(lambda residual: residual[0], pullbacks)
+    policy_pullback = jax.tree.map(lambda residual: residual[0], pullbacks)
+    return (both[0], both[1]), (policy_pullback, params, ref_params, base, inputs)
 
 
-def _predict_stacked_fwd(params, ref_params, base, inputs, graphdef, dtype):
-    predictions, policy_pullback = _stacked_forward(params, ref_params, base, inputs, graphdef, dtype)
-    return predictions, (policy_pullback, params, ref_params, base, inputs)
-
-
-def _predict_stacked_bwd(graphdef, dtype, residuals, cotangents):
+def _predict_stacked_bwd(graphdef, dtype, keep_residuals, residuals, cotangents):
     policy_pullback, params, ref_params, base, inputs = residuals
-    # The pullback's gradient is in the compute dtype (the stacked parameters'); the cast's transpose.
+    if policy_pullback is None:
+        _, policy_pullback = jax.vjp(lambda p: _forward(p, base, inputs, graphdef, dtype), params)
+    # With kept residuals the gradient is the stacked (compute-dtype) parameters': the cast's transpose.
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), policy_pullback(cotangents[0])[0], params)
     zeros = functools.partial(jax.tree.map, jnp.zeros_like)
     return grads, zeros(ref_params), zeros(base), zeros(inputs)

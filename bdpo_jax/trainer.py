@@ -34,7 +34,7 @@ from bdpo_jax.models.unet_files import find_unet_dir, weight_files
 from bdpo_jax.objective import OBJECTIVES
 from bdpo_jax.optim import OPTIMIZERS, learning_rate_schedule, make_optimizer, peak_learning_rate
 from bdpo_jax.schedule import NoiseSchedule
-from bdpo_jax.step import StepConfig, TrainState, init_state, train_step
+from bdpo_jax.step import REFERENCE_BACKWARDS, StepConfig, TrainState, init_state, train_step
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -88,6 +88,10 @@ def config_value_problems(config: ml_collections.ConfigDict) -> list[str]:
         (
             config.model.ref_dtype in (None, *DTYPES),
             f"model.ref_dtype {config.model.ref_dtype!r}: choose one of {DTYPES} (default: model.dtype)",
+        ),
+        (
+            config.model.reference_backward in REFERENCE_BACKWARDS,
+            f"model.reference_backward {config.model.reference_backward!r}: choose one of {REFERENCE_BACKWARDS}",
         ),
         (opt.name in OPTIMIZERS, f"optimizer.name {opt.name!r}: choose one of {OPTIMIZERS}"),
         (opt.learning_rate is None or opt.learning_rate > 0, f"optimizer.learning_rate {opt.learning_rate} <= 0"),
@@ -255,6 +259,7 @@ def check(
         sdxl_time_ids=(pixels, pixels, 0.0, 0.0, pixels, pixels) if unet.pooled_text_dim else None,
         compute_dtype=config.model.dtype,
         ref_dtype=config.model.ref_dtype or config.model.dtype,
+        reference_backward=config.model.reference_backward,
     )
     options = dataclasses.replace(model_options(config), platform=platform)
     return RunPlan(

@@ -98,8 +98,9 @@ def test_policy_equal_to_reference_gives_exactly_zero_margin_in_fp32(one_device)
     assert_zero_margin(m3, "step 3")
 
 
-def test_policy_equal_to_reference_gives_exactly_zero_margin_in_bf16():
-    """As above, in bf16 and at the paper's beta, refreshed every step."""
+@pytest.mark.parametrize("reference_backward", ["recompute", "residuals"])
+def test_policy_equal_to_reference_gives_exactly_zero_margin_in_bf16(reference_backward):
+    """As above, in bf16 and at the paper's beta, refreshed every step, with either backward pass."""
     dtype = "bfloat16"
     import functools
 
@@ -125,6 +126,7 @@ def test_policy_equal_to_reference_gives_exactly_zero_margin_in_bf16():
         ref_refresh_every=1,
         compute_dtype=dtype,
         ref_dtype=dtype,
+        reference_backward=reference_backward,
     )
     step = jax.jit(
         functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, cfg=cfg, learning_rate=lambda s: 1e-3)
@@ -139,13 +141,13 @@ def test_policy_equal_to_reference_gives_exactly_zero_margin_in_bf16():
     assert not same(state.params, before)  # the refresh replaced a reference that had moved
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_stacked_forward_gradient_is_the_policys(lora):
-    """The stacked forward's gradient (the policy's, from its slice of the residuals) equals
-    that of two separate forwards, in fp32, with the reference apart from the
-    policy; with LoRA, the adapters' gradient, the base shared by both. And (with
-    LoRA) SFT's training loss (the winners' forward alone, differentiated as any
-    forward) equals the full computation's."""
+@pytest.mark.parametrize(("lora", "reference_backward"), [(False, "residuals"), (True, "recompute")])
+def test_stacked_forward_gradient_is_the_policys(lora, reference_backward):
+    """The stacked forward's gradient (the policy's, from its slice of the stacked forward's
+    residuals, or from its forward recomputed) equals that of two separate forwards, in fp32,
+    with the reference apart from the policy; with LoRA, the adapters' gradient, the base
+    shared by both. And (with LoRA) SFT's training loss (the winners' forward alone,
+    differentiated as any forward) equals the full computation's."""
     import dataclasses
     import functools
 
@@ -177,7 +179,8 @@ def test_stacked_forward_gradient_is_the_policys(lora):
         )
     ref = jax.tree.map(lambda p: p * 1.01, params)
     # beta 1: at 5000 the two forwards' last-bit differences move sigmoid's slope visibly
-    stacked = StepConfig(NoiseSchedule.from_config({"_class_name": "DDPMScheduler"}), LabelSource("vote"), beta=1.0)
+    schedule = NoiseSchedule.from_config({"_class_name": "DDPMScheduler"})
+    stacked = StepConfig(schedule, LabelSource("vote"), beta=1.0, reference_backward=reference_backward)
     batch = to_compute({k: jnp.asarray(v) for k, v in synthetic_batch(config, 4, 16).items()})
     noise, t, signs, weights = draw(jax.random.key(0), batch, stacked)
     grads = {}
