@@ -19,8 +19,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The reference parameters' dtype; default: the compute dtype, so that the policy and the
     # reference see the same weights and the implicit reward is exactly 0 where they are equal.
     config.model.ref_dtype = placeholder(str)
-    # The stacked forward's backward: "recompute" the policy's forward in it (x1.25 FLOPs, the memory of
-    # two forwards), or keep its "residuals" (the FLOPs of two forwards, more memory: bench/RESULTS.md).
+    # The stacked forward's backward: "recompute" the policy's forward in it (x1.25 FLOPs, within 10% of
+    # two forwards' memory), or keep its "residuals" (two forwards' FLOPs, on TPU 2.6x: bench/RESULTS.md).
     config.model.reference_backward = "recompute"
 
     # LoRA (rank > 0): adapters trained on a frozen base; the reference is the base plus a

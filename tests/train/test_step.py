@@ -79,8 +79,8 @@ def test_gradient_accumulation_matches_one_batch(one_device):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def assert_zero_margin(metrics, beta_label):
-    assert abs(float(metrics["loss"]) - math.log(2)) < 1e-6, (beta_label, float(metrics["loss"]))
+def assert_zero_margin(metrics, where):
+    assert abs(float(metrics["loss"]) - math.log(2)) < 1e-6, (where, float(metrics["loss"]))
     assert float(metrics["implicit_accuracy"]) == 0.5 and float(metrics["reward_margin"]) == 0.0
     assert float(metrics["mse_policy_winner"]) == float(metrics["mse_reference_winner"])
     assert float(metrics["mse_policy_loser"]) == float(metrics["mse_reference_loser"])
@@ -101,7 +101,6 @@ def test_policy_equal_to_reference_gives_exactly_zero_margin_in_fp32(one_device)
 @pytest.mark.parametrize("reference_backward", ["recompute", "residuals"])
 def test_policy_equal_to_reference_gives_exactly_zero_margin_in_bf16(reference_backward):
     """As above, in bf16 and at the paper's beta, refreshed every step, with either backward pass."""
-    dtype = "bfloat16"
     import functools
 
     import jax.numpy as jnp
@@ -116,6 +115,7 @@ def test_policy_equal_to_reference_gives_exactly_zero_margin_in_bf16(reference_b
     from bdpo_jax.step import StepConfig, init_state, train_step
     from bench.dpo_step import synthetic_batch
 
+    dtype = "bfloat16"
     config = UNetConfig.from_diffusers(unet_preset("micro-sd1"))
     graphdef, params = nnx.split(random_unet(config, ModelOptions(dtype=jnp.dtype(dtype))), nnx.Param)
     optimizer = optax.adam(1e-3)
