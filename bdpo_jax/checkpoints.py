@@ -71,9 +71,19 @@ def check_checkpoint_location(workdir: str | os.PathLike) -> None:
         raise CheckpointLocationError(problem)
 
 
+# orbax writes an array replicated on several devices cooperatively, each replica a slice of it
+# (replica-parallel), slicing it on the device first: a compiled slice per shape, and a transfer per
+# slice. A slice smaller than this is not worth it: under FSDP the replicated arrays are the biases and
+# norms (KBs), while the kernels are sharded. Side by side on 4 CPU devices (the tests' micro UNet, 832
+# of 836 arrays replicated): saves of 12.8, 5.7, 5.7 s without a minimum, 2.9, 2.6, 2.4 s with it.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
 def manager(workdir: str | os.PathLike, config: ml_collections.ConfigDict):
     import orbax.checkpoint as ocp
 
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
     return ocp.CheckpointManager(
         storage.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(

@@ -32,16 +32,12 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_lines(trainer, start: int, total: int, workdir: str, flops: float | None, peak: float | None) -> list[str]:
-    """The run in a few lines: model, cache, pairs, devices, mesh, steps, estimated time."""
+def plan_lines(trainer, start: int, total: int, workdir: str) -> list[str]:
+    """The run in a few lines: model, cache, pairs, devices, mesh, steps."""
     plan, config = trainer.plan, trainer.config
     dataset = trainer.dataset
     devices = plan.devices
     data, fsdp = plan.mesh_shape
-    if flops and peak:
-        estimate = f"~{duration((total - start) * flops / (0.4 * peak * 1e12 * len(devices)))} at 40% MFU"
-    else:
-        estimate = f"measured after the first {config.log_every} steps"
     return [
         f"model    {plan.unet_dir} ({trainer.parameter_count / 1e6:.0f}M parameters, "
         f"compute {config.model.dtype}, reference {plan.step_config.ref_dtype})",
@@ -51,5 +47,15 @@ def plan_lines(trainer, start: int, total: int, workdir: str, flops: float | Non
         f"reference refresh every {config.train.ref_refresh_every or 'never'}",
         f"devices  {len(devices)} x {devices[0].device_kind} on {jax.process_count()} process(es), "
         f"mesh data {data} x fsdp {fsdp}",
-        f"steps    {start} -> {total} ({'resumed' if start else 'new run'} in {workdir}); time {estimate}",
+        f"steps    {start} -> {total} ({'resumed' if start else 'new run'} in {workdir})",
     ]
+
+
+def compiled_line(seconds: float, steps: int, flops: float | None, peak: float | None, log_every: int) -> str:
+    """How long the step took to compile, and the run's time at 40% MFU where its FLOPs and the
+    devices' peak are known."""
+    if flops and peak:
+        estimate = f"~{duration(steps * flops / (0.4 * peak * 1e12 * jax.device_count()))} at 40% MFU"
+    else:
+        estimate = f"measured after the first {log_every} steps"
+    return f"compiled the train step in {duration(seconds)}; time {estimate}"

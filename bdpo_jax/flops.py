@@ -16,11 +16,12 @@ def peak_tflops(device_kind: str) -> float | None:
     return PEAK_TFLOPS.get(device_kind)
 
 
-def step_flops(jitted: Any, *args: Any) -> float | None:
-    """FLOPs of one call of a jitted function, by XLA's cost analysis of its lowering."""
+def program_flops(stage: Any) -> float | None:
+    """FLOPs of one call of a lowered or compiled program, by XLA's cost analysis (None where the
+    backend offers none)."""
     try:
-        analysis = jitted.lower(*args).cost_analysis()
-    except Exception:  # not every backend (or a wrapped function) offers it
+        analysis = stage.cost_analysis()
+    except Exception:  # not every backend offers it
         return None
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}

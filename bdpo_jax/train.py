@@ -13,6 +13,7 @@ step late.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -61,7 +62,7 @@ class Progress:
             f"step {step}/{self.total}  loss {metrics['loss']:.4f}{preference}  grad norm {metrics['grad_norm']:.3g}"
             f"  lr {metrics['learning_rate']:.2e}  {metrics['pairs_per_s']:.1f} pairs/s"
         )
-        if not self.estimated and step < self.total:  # the first interval includes compilation: an upper bound
+        if not self.estimated and step < self.total:  # the first interval includes the first step's warm-up
             console.say(f"estimated time left: at most {console.duration((self.total - step) / steps_per_s)}")
             self.estimated = True
 
@@ -133,17 +134,20 @@ def hold_workdir(workdir: str) -> str | None:
     return lock
 
 
-def compiled_on_every_process(step_fn, state: TrainState, batch: dict):
-    """The step compiled ahead of time, once every process has compiled it: gloo (JAX's CPU
-    collectives) gives up on a peer after 30 s at the first step, and one process can compile
-    minutes longer than another. A wrapped step (tests) is returned as it is."""
-    from jax._src import distributed
+def compile_step(step_fn: WithBase, state: TrainState, batch: dict) -> tuple[WithBase, float | None]:
+    """The step traced and compiled once, ahead of the loop, and its FLOPs by XLA's cost analysis
+    (of the compiled program, else of its lowering): tracing a UNet's step takes longer than running
+    it, so it is done once. Several processes: returned once every process has compiled it (gloo,
+    JAX's CPU collectives, gives up on a peer after 30 s at the first step, and one process can
+    compile minutes longer than another)."""
+    lowered = step_fn.lower(state, batch)
+    compiled = dataclasses.replace(step_fn, jitted=lowered.compile())
+    step_flops = flops.program_flops(compiled.jitted) or flops.program_flops(lowered)
+    if jax.process_count() > 1:
+        from jax._src import distributed
 
-    if not isinstance(step_fn, WithBase):
-        return step_fn
-    compiled = step_fn.compiled(state, batch)
-    distributed.global_state.client.wait_at_barrier("bdpo_step_compiled", timeout_in_ms=60 * 60_000)
-    return compiled
+        distributed.global_state.client.wait_at_barrier("bdpo_step_compiled", timeout_in_ms=60 * 60_000)
+    return compiled, step_flops
 
 
 def train_locked(config, workdir: str, trainer: Trainer | None, allow_config_change: bool) -> TrainState:
@@ -157,14 +161,16 @@ def train_locked(config, workdir: str, trainer: Trainer | None, allow_config_cha
     trainer.state = None  # the loop owns (and donates) the state from here
 
     start, total = int(state.step), config.train.steps
-    step_flops = flops.step_flops(trainer.step_fn, state, trainer.global_batch(start)) if start < total else None
-    peak = flops.peak_tflops(jax.devices()[0].device_kind)
-    for line in console.plan_lines(trainer, start, total, workdir, step_flops, peak):
+    for line in console.plan_lines(trainer, start, total, workdir):
         console.say(line)
+    step_fn, step_flops = trainer.step_fn, None
+    if start < total and isinstance(step_fn, WithBase):  # not a wrapped step (tests' hooks): compiled at its call
+        began = time.perf_counter()
+        step_fn, step_flops = compile_step(step_fn, state, trainer.global_batch(start))
+        peak = flops.peak_tflops(jax.devices()[0].device_kind)
+        seconds = time.perf_counter() - began
+        console.say(console.compiled_line(seconds, total - start, step_flops, peak, config.log_every))
 
-    step_fn = trainer.step_fn
-    if jax.process_count() > 1 and start < total:
-        step_fn = compiled_on_every_process(step_fn, state, trainer.global_batch(start))
     preemption = checkpoints.Preemption()
     writer = MetricsWriter(workdir, start)
     batches = Prefetcher(trainer.global_batch, start, total, config.data.prefetch)

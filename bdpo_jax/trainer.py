@@ -379,8 +379,8 @@ def jitted_step(
 
 @dataclasses.dataclass(frozen=True)
 class WithBase:
-    """A jitted function whose last argument is the frozen base, bound: called
-    and lowered (for FLOPs) as a function of the other arguments."""
+    """A jitted (or compiled) function whose last argument is the frozen base, bound: called
+    and lowered as a function of the other arguments."""
 
     jitted: Any
     base: dict
@@ -390,10 +390,6 @@ class WithBase:
 
     def lower(self, *args):
         return self.jitted.lower(*args, self.base)
-
-    def compiled(self, *args) -> WithBase:
-        """Compiled ahead of time for these arguments, the base still bound."""
-        return dataclasses.replace(self, jitted=self.lower(*args).compile())
 
 
 def parameter_count(state: TrainState) -> int:

@@ -9,6 +9,7 @@ the job unchanged (``--config configs/train/paper.py:sd15 --workdir ...
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -51,12 +52,15 @@ def module_command(job: str, job_args: Sequence[str], python: str = "python") ->
     return [*command, DISTRIBUTED_FLAG] if job == "train" else command
 
 
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
 def cpu_environment(devices_per_process: int) -> dict[str, str]:
-    """JAX on CPU with ``devices_per_process`` host devices (tests, CPU clusters)."""
-    return {
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
-    }
+    """JAX on CPU with ``devices_per_process`` host devices (tests, CPU clusters). The XLA flags
+    set where the launcher runs (a dump folder, an optimisation level) are kept, but for the
+    device count."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.split("=")[0] != DEVICE_COUNT_FLAG]
+    return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join([f"{DEVICE_COUNT_FLAG}={devices_per_process}", *kept])}
 
 
 def env_pair(text: str) -> tuple[str, str]:

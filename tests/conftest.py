@@ -11,7 +11,7 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 # Most of the suite's time is XLA compiling train steps for the CPU, much of it LLVM optimising the generated
 # code; the tests' tiny programs run in milliseconds either way. Level 0 compiles the same programs without that
 # (side by side, cold, on this 2-core machine: a test_step fixture's compiles 27% shorter). Processes that a
-# launcher starts set their own XLA_FLAGS (tests/launch: compared to the in-process run within tolerances).
+# launcher starts keep it (launch.common.cpu_environment keeps all but the device count).
 os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,6 +27,24 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import pytest
 
 from launch.local import free_port
+
+# The slowest files first, so that none of them starts last and runs alone: xdist hands each worker whole
+# files (--dist loadfile) in collection order (--no-loadscope-reorder: its own order is by test count, which
+# put the small world's file last). Seconds each on a 2-core machine, cold, the suite on both cores
+# (2026-12-03): world 408, step 409, plan 383, checkpoint 302, slurm 185, local 143, the rest under 85.
+SLOWEST_FIRST = (
+    "tests/world/test_world.py",
+    "tests/train/test_step.py",
+    "tests/train/test_plan.py",
+    "tests/train/test_checkpoint.py",
+    "tests/launch/test_slurm.py",
+    "tests/launch/test_local.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest as collected
 
 
 @pytest.fixture(scope="session")

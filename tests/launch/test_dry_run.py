@@ -21,11 +21,13 @@ def printed(capsys, main, argv) -> list[str]:
     return capsys.readouterr().out.splitlines()
 
 
-def test_local_prints_one_line_per_process(capsys):
+def test_local_prints_one_line_per_process(capsys, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/hlo --xla_force_host_platform_device_count=4")
     lines = printed(capsys, local.main, ["--dry-run", "--processes", "3", "--cpu-devices", "2", "--", *TRAIN])
     assert len(lines) == 3
     argvs = [shlex.split(line) for line in lines]
-    assert all("XLA_FLAGS=--xla_force_host_platform_device_count=2" in a for a in argvs)
+    flags = "XLA_FLAGS=--xla_force_host_platform_device_count=2 --xla_dump_to=/tmp/hlo"  # the others kept
+    assert all(flags in a for a in argvs)
     coordinators = {a[a.index("--coordinator") + 1] for a in argvs}
     assert len(coordinators) == 1 and coordinators.pop().startswith("127.0.0.1:")
     assert [a[a.index("--process-id") + 1] for a in argvs] == ["0", "1", "2"]
