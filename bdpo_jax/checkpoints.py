@@ -20,6 +20,7 @@ workdir is refused before anything loads (``check_checkpoint_location``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -79,11 +80,19 @@ def check_checkpoint_location(workdir: str | os.PathLike) -> None:
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
-def manager(workdir: str | os.PathLike, config: ml_collections.ConfigDict):
+@functools.cache
+def _register_array_handler() -> None:
+    """orbax's handler of jax.Array, with ``MIN_REPLICA_SLICE_BYTES``: registered once per process."""
     import orbax.checkpoint as ocp
 
     handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
+def manager(workdir: str | os.PathLike, config: ml_collections.ConfigDict):
+    import orbax.checkpoint as ocp
+
+    _register_array_handler()
     return ocp.CheckpointManager(
         storage.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(
