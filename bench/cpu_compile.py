@@ -30,29 +30,17 @@ DEFAULT_VARIANTS = (
 
 def measure(preset: str, pairs: int, size: int) -> dict[str, float]:
     """Compiles and runs one AdamW DPO step in this process (XLA_FLAGS already set)."""
-    import functools
-
     import jax
-    import optax
     from flax import nnx
 
-    from bdpo_jax.labels import LabelSource
     from bdpo_jax.models import ModelOptions, UNetConfig
     from bdpo_jax.models.presets import unet_preset
     from bdpo_jax.models.weights import random_unet
-    from bdpo_jax.schedule import NoiseSchedule
-    from bdpo_jax.step import StepConfig, init_state, train_step
-    from bench.dpo_step import SD_SCHEDULER, synthetic_batch
+    from bench.reference_forward import step_and_arguments
 
-    config = UNetConfig.from_diffusers(unet_preset(preset))
-    graphdef, params = nnx.split(random_unet(config, ModelOptions()), nnx.Param)
-    optimizer = optax.adamw(1e-4)
-    cfg = StepConfig(NoiseSchedule.from_config(SD_SCHEDULER), LabelSource("vote"), beta=500.0)
-    step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, cfg=cfg, learning_rate=lambda s: 1e-4)
-    )
-    state = init_state(nnx.to_pure_dict(params), optimizer, seed=0, ref_dtype="float32")
-    batch = synthetic_batch(config, pairs, size)
+    config, options = UNetConfig.from_diffusers(unet_preset(preset)), ModelOptions()
+    params = nnx.to_pure_dict(nnx.state(random_unet(config, options), nnx.Param))
+    step, state, batch = step_and_arguments(config, options, True, pairs, size, params)
 
     started = time.perf_counter()
     lowered = step.lower(state, batch)

@@ -28,8 +28,9 @@ from bench.dpo_step import synthetic_batch
 from bench.unet import timed
 
 
-def compiled_step(config: UNetConfig, opts: ModelOptions, stacked: bool, pairs: int, size: int, concrete):
-    """The jitted step, its compiled form for these shapes, and the (abstract or real) arguments."""
+def step_and_arguments(config: UNetConfig, opts: ModelOptions, stacked: bool, pairs: int, size: int, concrete):
+    """The jitted AdamW DPO step and its (abstract, where ``concrete`` parameters are not given, or real)
+    state and batch."""
     dtype = jnp.dtype(opts.dtype).name
     cfg = StepConfig(
         NoiseSchedule.from_config({"_class_name": "DDPMScheduler"}),
@@ -48,7 +49,7 @@ def compiled_step(config: UNetConfig, opts: ModelOptions, stacked: bool, pairs: 
         params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(abstract))
         state = jax.eval_shape(init, params)
     else:
-        state = init(concrete)
+        state = jax.jit(init)(concrete)  # jitted, as the trainer does: the reference its own buffers at any dtype
     batch = synthetic_batch(config, pairs, size)
     if concrete is None:
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
@@ -56,7 +57,7 @@ def compiled_step(config: UNetConfig, opts: ModelOptions, stacked: bool, pairs: 
         functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, cfg=cfg, learning_rate=lambda s: 1e-5),
         donate_argnums=(0,),
     )
-    return step, step.lower(state, batch).compile(), state, batch
+    return step, state, batch
 
 
 def measure(config: UNetConfig, opts: ModelOptions, stacked: bool, pairs: int, size: int, steps: int) -> dict:
@@ -65,7 +66,8 @@ def measure(config: UNetConfig, opts: ModelOptions, stacked: bool, pairs: int, s
         from flax import nnx
 
         concrete = nnx.to_pure_dict(nnx.state(random_unet(config, opts), nnx.Param))
-    _, compiled, state, batch = compiled_step(config, opts, stacked, pairs, size, concrete)
+    step, state, batch = step_and_arguments(config, opts, stacked, pairs, size, concrete)
+    compiled = step.lower(state, batch).compile()
     memory = compiled.memory_analysis()
     result = {
         "temp_bytes": memory.temp_size_in_bytes,

@@ -14,8 +14,8 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 # launcher starts keep it (launch.common.cpu_environment keeps all but the device count).
 os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 # And XLA's elemental emitter for the CPU's fused kernels instead of its MLIR fusion emitters, which set up an
-# MLIR pipeline for each of a train step's many small fusions: the micro UNet's train step compiles in 10.0 CPU-s
-# instead of 20.6 at level 0 (50.1 with XLA's defaults; python -m bench.cpu_compile, this 2-core machine,
+# MLIR pipeline for each of a train step's many small fusions: the micro UNet's train step compiles in 11.5 CPU-s
+# instead of 21.6 at level 0 (38.4 with XLA's defaults; python -m bench.cpu_compile, this 2-core machine,
 # 2026-12-03); tests/train/test_step.py alone, cold: 271 CPU-s instead of 393.
 os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
