@@ -43,7 +43,7 @@ def plan_lines(trainer, start: int, total: int, workdir: str) -> list[str]:
         f"compute {config.model.dtype}, reference {plan.step_config.ref_dtype})",
         f"cache    {dataset.path} ({len(dataset)} usable pairs, scorers {', '.join(dataset.scorer_names)})",
         f"train    {config.train.global_batch} pairs per step, {config.train.objective} on "
-        f"{config.train.label_source} labels, beta {config.train.beta:g}, lr {plan.learning_rate:.2e}, "
+        f"{config.train.label_source} labels, beta {config.train.beta:g}, lr {plan.optimizer.learning_rate:.2e}, "
         f"reference refresh every {config.train.ref_refresh_every or 'never'}",
         f"devices  {len(devices)} x {devices[0].device_kind} on {jax.process_count()} process(es), "
         f"mesh data {data} x fsdp {fsdp}",

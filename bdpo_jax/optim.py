@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 import optax
 
@@ -31,14 +33,44 @@ def learning_rate_schedule(
     raise ValueError(f"optimizer.decay {decay!r}: choose one of {DECAYS}")
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Gradient clipping, then AdamW or Adafactor, under the warmup schedule (``config`` is the whole run's)."""
-    opt = config.optimizer
-    schedule = learning_rate_schedule(peak_learning_rate(config), opt.warmup_steps, opt.decay, config.train.steps)
-    if opt.name == "adamw":
-        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
-    elif opt.name == "adafactor":
-        core = optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """Everything the optimizer and its schedule are made of, read from the config once. Hashable: a
+    train step's program is a function of it (``trainer.jitted_step`` reuses a program by it)."""
+
+    name: str
+    learning_rate: float  # the peak, after the warmup
+    warmup_steps: int
+    decay: str
+    total_steps: int | None  # the cosine's end; None for the constant schedule, which does not end
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    grad_clip: float
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> OptimizerSettings:
+        """``config`` is the whole run's (the default rate follows ``train.global_batch``)."""
+        opt = config.optimizer
+        return cls(
+            opt.name, peak_learning_rate(config), opt.warmup_steps, opt.decay,
+            config.train.steps if opt.decay == "cosine" else None,
+            opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.grad_clip,
+        )  # fmt: skip
+
+
+def make_optimizer(settings: OptimizerSettings) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Gradient clipping, then AdamW or Adafactor, under the warmup schedule."""
+    schedule = learning_rate_schedule(
+        settings.learning_rate, settings.warmup_steps, settings.decay, settings.total_steps
+    )
+    if settings.name == "adamw":
+        core = optax.adamw(
+            schedule, b1=settings.b1, b2=settings.b2, eps=settings.eps, weight_decay=settings.weight_decay
+        )
+    elif settings.name == "adafactor":
+        core = optax.adafactor(schedule, weight_decay_rate=settings.weight_decay or None)
     else:
-        raise ValueError(f"optimizer.name {opt.name!r}: choose one of {OPTIMIZERS}")
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip), core), schedule
+        raise ValueError(f"optimizer.name {settings.name!r}: choose one of {OPTIMIZERS}")
+    return optax.chain(optax.clip_by_global_norm(settings.grad_clip), core), schedule

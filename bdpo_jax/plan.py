@@ -233,10 +233,10 @@ def prepare(request: Request) -> Prepared:
     if not stacked_reference:
         run = dataclasses.replace(run, step_config=dataclasses.replace(run.step_config, stacked_reference=False))
     mesh = sharding.make_mesh(*run.mesh_shape, run.devices)
-    optimizer, schedule = make_optimizer(config)
-    graphdef, state, state_shardings, base = trainer.abstract_state(run, mesh, optimizer)
+    graphdef, state, state_shardings, base = trainer.abstract_state(run, mesh, make_optimizer(run.optimizer)[0])
+    # Not kept for reuse: the compiled programs of a --fit would stay in memory.
     step = trainer.jitted_step(
-        run, mesh, graphdef, optimizer, schedule, state_shardings, jax.tree.map(lambda a: a.sharding, base)
+        run, mesh, graphdef, state_shardings, jax.tree.map(lambda a: a.sharding, base), reuse=False
     )
     on_batch = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=on_batch) for k, v in run.abstract_batch().items()}

@@ -10,6 +10,7 @@ loads each weight tensor straight onto its shards and jits the step. With
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from bdpo_jax.models.lora import LoRASpec
 from bdpo_jax.models.lora_weights import init_adapters
 from bdpo_jax.models.unet_files import find_unet_dir, weight_files
 from bdpo_jax.objective import OBJECTIVES
-from bdpo_jax.optim import OPTIMIZERS, learning_rate_schedule, make_optimizer, peak_learning_rate
+from bdpo_jax.optim import OPTIMIZERS, OptimizerSettings, learning_rate_schedule, make_optimizer
 from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import REFERENCE_BACKWARDS, StepConfig, TrainState, init_state, train_step
 
@@ -55,7 +56,7 @@ class RunPlan:
     step_config: StepConfig
     devices: tuple
     mesh_shape: tuple[int, int]  # (data, fsdp)
-    learning_rate: float
+    optimizer: OptimizerSettings
     sizes: dict  # the cache schema's sizes (bdpo_jax.cache.dims): latents, scorers, text
     lora: LoRASpec | None = None  # None: full fine-tuning
 
@@ -271,7 +272,7 @@ def check(
         step_config,
         devices,
         mesh_shape,
-        peak_learning_rate(config),
+        OptimizerSettings.from_config(config),
         cache_format.dims(base_entry, len(scorer_names)),
         lora,
     )
@@ -347,20 +348,46 @@ def jitted_step(
     plan: RunPlan,
     mesh: jax.sharding.Mesh,
     graphdef: nnx.GraphDef,
-    optimizer: optax.GradientTransformation,
-    schedule: optax.Schedule,
     state_shardings: Any,
     base_shardings: Any,
+    reuse: bool = True,
 ):
     """The train step as the run compiles it: (state, batch, base) -> (state, metrics),
     over the mesh, the state donated. Traced under the mesh, so that kernels that
-    split the batch by hand (splash attention) see it."""
+    split the batch by hand (splash attention) see it.
+
+    One jitted function per program in a process: a run that asks for the step of
+    an earlier one (a resume, another draw of the small world) gets the same
+    function, which jax has traced and compiled already. What the program is made
+    of is the key: the step's and the optimizer's settings, the model's structure,
+    the mesh and the shardings; the weights and the data are its arguments.
+    ``reuse=False``: a function of its own, released with it."""
+    state_leaves, state_tree = jax.tree.flatten(state_shardings)
+    base_leaves, base_tree = jax.tree.flatten(base_shardings)
+    make = _reused_step_program if reuse else step_program
+    return make(
+        plan.step_config, plan.optimizer, graphdef, mesh, state_tree, tuple(state_leaves), base_tree, tuple(base_leaves)
+    )
+
+
+def step_program(
+    step_config: StepConfig,
+    optimizer_settings: OptimizerSettings,
+    graphdef: nnx.GraphDef,
+    mesh: jax.sharding.Mesh,
+    state_tree,
+    state_leaves: tuple,
+    base_tree,
+    base_leaves: tuple,
+):
+    """``jitted_step``'s function of its key (the shardings as flattened trees, so that the key hashes)."""
+    optimizer, schedule = make_optimizer(optimizer_settings)
     micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
     step = partial(
         train_step,
         graphdef=graphdef,
         optimizer=optimizer,
-        cfg=plan.step_config,
+        cfg=step_config,
         learning_rate=schedule,
         constrain_micro=lambda tree: jax.lax.with_sharding_constraint(tree, micro_sharding),
     )
@@ -371,10 +398,17 @@ def jitted_step(
 
     return jax.jit(
         step_on_mesh,
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh), base_shardings),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        in_shardings=(
+            jax.tree.unflatten(state_tree, state_leaves),
+            sharding.batch_sharding(mesh),
+            jax.tree.unflatten(base_tree, base_leaves),
+        ),
+        out_shardings=(jax.tree.unflatten(state_tree, state_leaves), sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
+
+
+_reused_step_program = functools.lru_cache(maxsize=8)(step_program)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,11 +455,9 @@ def build(plan: RunPlan) -> Trainer:
     config = plan.config
     dataset, plan = open_dataset(plan)
     mesh = sharding.make_mesh(*plan.mesh_shape, plan.devices)
-    optimizer, schedule = make_optimizer(config)
+    optimizer, schedule = make_optimizer(plan.optimizer)
     graphdef, state, state_shardings, base = load_state(plan, mesh, optimizer)
-    step_fn = jitted_step(
-        plan, mesh, graphdef, optimizer, schedule, state_shardings, sharding.state_shardings(base, mesh)
-    )
+    step_fn = jitted_step(plan, mesh, graphdef, state_shardings, sharding.state_shardings(base, mesh))
     loader = PairLoader(
         dataset,
         config.train.global_batch,

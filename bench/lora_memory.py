@@ -44,7 +44,7 @@ from flax import nnx
 from bdpo_jax.labels import LabelSource
 from bdpo_jax.models import UNetConfig, abstract_unet
 from bdpo_jax.models.presets import unet_preset
-from bdpo_jax.optim import make_optimizer
+from bdpo_jax.optim import OptimizerSettings, make_optimizer
 from bdpo_jax.schedule import NoiseSchedule
 from bdpo_jax.step import StepConfig, init_state, train_step
 from bdpo_jax.trainer import lora_spec, model_options
@@ -72,7 +72,7 @@ def abstract_step(config, unet_config: UNetConfig, pairs: int, size: int):
     graphdef, shapes = abstract_unet(unet_config, model_options(config), lora)
     adapters, unet_params = (nnx.to_pure_dict(s) for s in shapes.split(nnx.LoRAParam, ...))
     params, base = (adapters, unet_params) if lora else (unet_params, {})
-    optimizer, schedule = make_optimizer(config)
+    optimizer, schedule = make_optimizer(OptimizerSettings.from_config(config))
     state = jax.eval_shape(functools.partial(init_state, optimizer=optimizer, seed=0, ref_dtype=dtype), params)
     pixels = 8.0 * size
     cfg = StepConfig(

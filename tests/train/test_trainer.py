@@ -101,3 +101,18 @@ def test_rules_that_drop_pairs_open_the_cache_with_their_pairs_and_scales(tiny_c
         assert 0 < len(dataset) == decided.sum() < len(everything)
     with pytest.raises(ConfigError, match=r"larger than the cache's .* usable pairs that label_source 'unanimous'"):
         open_dataset(check(tiny_train_config(tiny_cache, label_source="unanimous", global_batch=40)))
+
+
+def test_runs_of_one_program_share_its_jitted_step(tiny_cache):
+    """A second run of the same program in a process (a resume, another draw) gets the jitted step of
+    the first, traced and compiled once; a setting that enters the program gets a step of its own."""
+    config = tiny_train_config(tiny_cache)
+    first = build_trainer(config, jax.devices()[:1]).step_fn.jitted
+    again = config.copy_and_resolve_references()
+    again.train.seed, again.checkpoint.every = 7, 1  # the state's RNG and the loop: not the program
+    assert build_trainer(again, jax.devices()[:1]).step_fn.jitted is first
+    for key, value in (("train.beta", 1.0), ("optimizer.b2", 0.99), ("optimizer.warmup_steps", 3)):
+        changed = config.copy_and_resolve_references()
+        changed.update_from_flattened_dict({key: value})
+        assert build_trainer(changed, jax.devices()[:1]).step_fn.jitted is not first, key
+    assert build_trainer(config, jax.devices()[:2]).step_fn.jitted is not first  # another mesh
