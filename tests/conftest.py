@@ -36,7 +36,8 @@ from launch.local import free_port
 # The slowest files first, so that none of them starts last and runs alone: xdist hands each worker whole
 # files (--dist loadfile) in collection order (--no-loadscope-reorder: its own order is by test count, which
 # put the small world's file last). Seconds each on a 2-core machine, cold, the suite on both cores
-# (2026-12-03): plan 281, step 261, world 234, slurm 122, local 120, checkpoint 94, the rest under 55.
+# (2026-12-03): plan 281, step 261, world 234, slurm 122, local 120, checkpoint 94, the rest under 55; in
+# this order (set when checkpoint took 230 s) the two workers' files took 728 s and 708 s.
 SLOWEST_FIRST = (
     "tests/world/test_world.py",
     "tests/train/test_step.py",
