@@ -468,9 +468,12 @@ def main(argv: list[str]) -> None:
 
 
 def cpu_only() -> None:
-    """Before any backend starts: this process runs on its CPU (the target's devices are descriptions)."""
+    """Before any backend starts: this process runs on its CPU (the target's devices are descriptions).
+    No persistent compile cache: an executable compiled for a device that is not here is written to it but
+    cannot be read back (the next plan warned "Error reading persistent compilation cache entry")."""
     os.environ["JAX_PLATFORMS"] = "cpu"
     jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 if __name__ == "__main__":
