@@ -381,6 +381,7 @@ def step_program(
     base_leaves: tuple,
 ):
     """``jitted_step``'s function of its key (the shardings as flattened trees, so that the key hashes)."""
+    state_shardings = jax.tree.unflatten(state_tree, state_leaves)
     optimizer, schedule = make_optimizer(optimizer_settings)
     micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
     step = partial(
@@ -398,12 +399,8 @@ def step_program(
 
     return jax.jit(
         step_on_mesh,
-        in_shardings=(
-            jax.tree.unflatten(state_tree, state_leaves),
-            sharding.batch_sharding(mesh),
-            jax.tree.unflatten(base_tree, base_leaves),
-        ),
-        out_shardings=(jax.tree.unflatten(state_tree, state_leaves), sharding.replicated(mesh)),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh), jax.tree.unflatten(base_tree, base_leaves)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
 
