@@ -52,10 +52,10 @@ def plan_lines(trainer, start: int, total: int, workdir: str) -> list[str]:
 
 
 def compiled_line(seconds: float, steps: int, flops: float | None, peak: float | None, log_every: int) -> str:
-    """How long the step took to compile, and the run's time at 40% MFU where its FLOPs and the
-    devices' peak are known."""
+    """How long the step took to compile, and the run's time where its executed FLOPs run at 40% of
+    the devices' peak (HFU 40%), where both are known."""
     if flops and peak:
-        estimate = f"~{duration(steps * flops / (0.4 * peak * 1e12 * jax.device_count()))} at 40% MFU"
+        estimate = f"~{duration(steps * flops / (0.4 * peak * 1e12 * jax.device_count()))} at 40% of peak"
     else:
         estimate = f"measured after the first {log_every} steps"
     return f"compiled the train step in {duration(seconds)}; time {estimate}"

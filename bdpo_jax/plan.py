@@ -40,7 +40,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bdpo_jax import sharding, targets, trainer
+from bdpo_jax import flops, sharding, targets, trainer
 from bdpo_jax.errors import UserError
 from bdpo_jax.models import UNetConfig
 from bdpo_jax.models.presets import unet_preset
@@ -79,7 +79,8 @@ class Plan:
     fits: bool
     compile_seconds: float
     compile_cpu_seconds: float | None = None  # the compile's user + system time: its cost on an idle machine
-    flops: float | None = None  # per chip per step, XLA's count
+    flops: float | None = None  # per chip per step, XLA's count of what the program executes
+    model_flops: float | None = None  # per chip per step, what the DPO step needs (flops.model_flops)
     estimated_seconds: float | None = None  # TPU cost model, per step
     pallas_flops: float = 0.0  # per chip per step, in kernels the cost model does not see
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)  # bytes each kind moves, per chip
@@ -103,15 +104,22 @@ class Plan:
         seconds = self.step_seconds
         return self.pairs_per_chip * self.grad_accum / seconds if seconds else None
 
+    def utilisation(self, flops: float | None) -> float | None:
+        seconds = self.step_seconds
+        return flops / seconds / (self.peak_tflops * 1e12) if seconds and flops else None
+
     @property
     def mfu(self) -> float | None:
-        seconds = self.step_seconds
-        if not seconds or not self.flops:
-            return None
-        return (self.flops + self.pallas_flops) / seconds / (self.peak_tflops * 1e12)
+        """Model FLOP utilisation: the FLOPs the step needs, recomputation not counted."""
+        return self.utilisation(self.model_flops)
+
+    @property
+    def hfu(self) -> float | None:
+        """Hardware FLOP utilisation: the FLOPs the program executes, the Pallas kernels' included."""
+        return self.utilisation(self.flops and self.flops + self.pallas_flops)
 
     def as_dict(self) -> dict[str, Any]:
-        extra = ("total", "step_seconds", "pairs_per_second", "mfu")
+        extra = ("total", "step_seconds", "pairs_per_second", "mfu", "hfu")
         return dataclasses.asdict(self) | {name: getattr(self, name) for name in extra}
 
 
@@ -207,6 +215,7 @@ class Prepared:
     step: Any  # jitted (state, batch, base) -> (state, metrics)
     args: tuple  # ShapeDtypeStructs on the target's shardings
     figures: dict[str, Any]
+    run: trainer.RunPlan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +271,7 @@ def prepare(request: Request) -> Prepared:
         peak_tflops=target.peak_tflops,
         pallas_flops=kernels.get("splash", 0.0),
     )
-    return Prepared(step, (state, batch, base), figures)
+    return Prepared(step, (state, batch, base), figures, run)
 
 
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
@@ -316,7 +325,8 @@ def compile_plan(request: Request) -> Plan:
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     plan = from_program(prepared.figures, seconds, MemoryAnalysis.of_compiled(compiled), compiled.as_text(), cost)
-    return dataclasses.replace(plan, compile_cpu_seconds=cpu)
+    model = flops.model_flops(prepared.run) / plan.chips if plan.estimated_seconds else None  # MFU's numerator
+    return dataclasses.replace(plan, compile_cpu_seconds=cpu, model_flops=model)
 
 
 def memory_plan(request: Request, command: list[str], timeout_s: float) -> Plan:
@@ -358,6 +368,8 @@ def describe(plan: Plan) -> list[str]:
     ]
     if plan.flops:
         lines.append(f"  flops        {plan.flops / 1e12:.2f} TFLOP per chip per step (XLA's count)")
+    if plan.model_flops:
+        lines.append(f"  model flops  {plan.model_flops / 1e12:.2f} TFLOP per chip per step (no recomputation: MFU's)")
     if plan.pallas_flops:
         lines.append(
             f"  + Pallas     {plan.pallas_flops / 1e12:.2f} TFLOP in splash attention (not in XLA's count or time; "
@@ -366,7 +378,7 @@ def describe(plan: Plan) -> list[str]:
     if plan.step_seconds:
         lines.append(
             f"  time         {plan.step_seconds:.3f} s per step (TPU cost model): {plan.pairs_per_second:.1f} pairs/s "
-            f"per chip, MFU {plan.mfu:.0%} of {plan.peak_tflops:g} TFLOP/s"
+            f"per chip; of {plan.peak_tflops:g} TFLOP/s: MFU {plan.mfu or 0:.1%}, HFU {plan.hfu:.1%}"
         )
     for kind, size in plan.collectives.items():
         lines.append(f"  {kind:<12} {gib(size)} per chip per step")
@@ -378,10 +390,12 @@ def describe(plan: Plan) -> list[str]:
 def fit(make_plan: Callable[[int, str], Plan], wanted: int, report: Callable[[str], None] = print) -> list[Plan]:
     """For each remat policy (least recomputation first), the largest power-of-two pairs per
     chip that fits, up to ``wanted`` (the config's batch per chip); stops at the first policy
-    whose largest is ``wanted``. ``make_plan(pairs_per_chip, remat)``: one compile."""
-    best = []
+    whose largest is ``wanted``. A policy that recomputes more keeps fewer activations, so it
+    starts above the largest batch that fitted before it (each try is a compile: minutes at
+    full size). ``make_plan(pairs_per_chip, remat)``: one compile."""
+    best, start = [], 1
     for remat in REMAT_ORDER:
-        fitted, pairs = None, 1
+        fitted, pairs = None, start
         while pairs <= wanted:
             plan = make_plan(pairs, remat)
             for line in describe(plan):
@@ -393,6 +407,7 @@ def fit(make_plan: Callable[[int, str], Plan], wanted: int, report: Callable[[st
             best.append(fitted)
             if fitted.pairs_per_chip >= wanted:
                 break
+            start = int(fitted.pairs_per_chip) * 2
     return best
 
 
