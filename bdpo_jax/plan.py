@@ -45,7 +45,7 @@ from bdpo_jax.errors import UserError
 from bdpo_jax.models import UNetConfig
 from bdpo_jax.models.presets import unet_preset
 from bdpo_jax.optim import make_optimizer
-from bdpo_jax.xla_memory import MemoryAnalysis, until_buffer_assignment
+from bdpo_jax.xla_memory import MemoryAnalysis, largest_at_peak, until_buffer_assignment
 
 REMAT_ORDER = ("none", "save_dots", "full")  # least recomputation first
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -85,6 +85,7 @@ class Plan:
     pallas_flops: float = 0.0  # per chip per step, in kernels the cost model does not see
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)  # bytes each kind moves, per chip
     custom_calls: dict[str, int] = dataclasses.field(default_factory=dict)  # kernels in the program, by target
+    at_peak: dict[str, int] = dataclasses.field(default_factory=dict)  # --memory_only: the largest shapes at the peak
     peak_tflops: float | None = None
     error: str | None = None  # the compiler's refusal, when it did not fit
 
@@ -348,7 +349,7 @@ def memory_plan(request: Request, command: list[str], timeout_s: float) -> Plan:
         cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_start  # the child's, once it is reaped
         hlo = path.with_name(path.name.replace("-buffer-assignment", "")).read_text()
         plan = from_program(figures, seconds, MemoryAnalysis.of_buffer_assignment(path.read_text()), hlo)
-        return dataclasses.replace(plan, compile_cpu_seconds=cpu)
+        return dataclasses.replace(plan, compile_cpu_seconds=cpu, at_peak=largest_at_peak(path))
 
 
 def describe(plan: Plan) -> list[str]:
@@ -384,6 +385,8 @@ def describe(plan: Plan) -> list[str]:
         lines.append(f"  {kind:<12} {gib(size)} per chip per step")
     if plan.custom_calls:
         lines.append("  kernels      " + ", ".join(f"{name} x{n}" for name, n in sorted(plan.custom_calls.items())))
+    if plan.at_peak:
+        lines.append("  at the peak  " + ", ".join(f"{shape} {gib(size)}" for shape, size in plan.at_peak.items()))
     return lines
 
 

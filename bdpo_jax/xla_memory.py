@@ -124,3 +124,10 @@ def peak_live_bytes(buffer_assignment: Path, kind: Callable[[str, tuple[int, ...
         key = kind(dtype, tuple(int(d) for d in dims.split("]")[0].split(",") if d)) if dtype else "unclassified"
         by_kind[key] = by_kind.get(key, 0) + int(size)
     return by_kind
+
+
+def largest_at_peak(buffer_assignment: Path, count: int = 6) -> dict[str, int]:
+    """The ``count`` shapes (``dtype[dims]``) that hold the most bytes at the peak of XLA's heap
+    simulation, largest first: what fills a chip."""
+    by_shape = peak_live_bytes(buffer_assignment, lambda dtype, dims: f"{dtype}[{','.join(map(str, dims))}]")
+    return dict(sorted(by_shape.items(), key=lambda item: -item[1])[:count])

@@ -5,7 +5,7 @@ import json
 import sys
 import textwrap
 
-from bdpo_jax.xla_memory import MemoryAnalysis, peak_live_bytes, until_buffer_assignment
+from bdpo_jax.xla_memory import MemoryAnalysis, largest_at_peak, peak_live_bytes, until_buffer_assignment
 
 # A train-step-like function: donated parameters updated in place, temporaries
 # for the activations. It compiles once without a dump (its figures written out),
@@ -42,3 +42,7 @@ def test_buffer_assignment_gives_the_executables_memory_analysis(tmp_path):
     # what is live at the peak, by shape: every value's shape read
     live = peak_live_bytes(assignment, lambda dtype, dims: "parameter" if dims == (64, 128) else dtype)
     assert set(live) == {"parameter", "f32"}
+    # the largest shapes at the peak: the activations (x @ w and what follows it), whole buffers of them
+    largest = largest_at_peak(assignment, count=2)
+    (shape, size), (_, second) = largest.items()
+    assert shape == "f32[256,128]" and size % (256 * 128 * 4) == 0 and size >= second
