@@ -24,6 +24,31 @@ from pathlib import Path
 _ALLOCATION = re.compile(r"allocation \d+: size (\d+), (.*)")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+\[[\d,]*\])", re.M)  # name, dtype[dims]
 _LIVE_AT_PEAK = re.compile(r"^\s+([\w.\-]+)\{([\d,]*)\}: (\d+) bytes", re.M)  # name, tuple index, size
+_TUPLE_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)) [\w\-]+\(", re.M)  # name, (shapes)
+_SHAPE_TOKEN = re.compile(r"[()]|\w+\[[\d,]*\]")
+
+
+def _tuple_shape(text: str) -> list:
+    """``(s32[], (f32[2]{0}, bf16[4,8]{1,0:T(8,128)}))`` as nested lists of ``dtype[dims]``."""
+    stack: list[list] = [[]]
+    for token in _SHAPE_TOKEN.findall(re.sub(r"/\*.*?\*/|\{[^{}]*\}", "", text)):  # no comments, no layouts
+        if token == "(":
+            stack.append([])
+        elif token == ")":
+            done = stack.pop()
+            stack[-1].append(done)
+        else:
+            stack[-1].append(token)
+    return stack[0][0]
+
+
+def _element(shape: list | str | None, index: str) -> str | None:
+    """The array shape at a tuple index such as ``1,0``."""
+    for i in (int(i) for i in index.split(",")):
+        if not isinstance(shape, list) or i >= len(shape):
+            return None
+        shape = shape[i]
+    return shape if isinstance(shape, str) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +139,23 @@ def tail(log: Path, chars: int = 3000) -> str:
 def peak_live_bytes(buffer_assignment: Path, kind: Callable[[str, tuple[int, ...]], str]) -> dict[str, int]:
     """The buffers live at the peak of XLA's heap simulation (its ``-live-range.txt``
     dump), summed by ``kind(dtype, dims)`` of each buffer's shape (read from the
-    optimized HLO dumped beside it); tuple elements, whose shape is not read, count as "unclassified"."""
+    optimized HLO dumped beside it), a tuple's element by its index (a loop's carried values, most of a
+    TPU program's bytes); a buffer whose shape is not found counts as "unclassified"."""
     stem = buffer_assignment.name.removesuffix("-buffer-assignment.txt")
-    shapes = dict(_INSTRUCTION.findall(buffer_assignment.with_name(f"{stem}.txt").read_text()))
+    hlo = buffer_assignment.with_name(f"{stem}.txt").read_text()
+    shapes = dict(_INSTRUCTION.findall(hlo))
+    tuples = dict(_TUPLE_INSTRUCTION.findall(hlo))
     live = buffer_assignment.with_name(f"{stem}-live-range.txt").read_text()
     by_kind: dict[str, int] = {}
+    parsed: dict[str, list] = {}
     for name, index, size in _LIVE_AT_PEAK.findall(live[live.index("(peak):") :]):
-        dtype, dims = shapes[name].split("[", 1) if name in shapes and not index else ("", "")
+        if index:
+            if name in tuples and name not in parsed:
+                parsed[name] = _tuple_shape(tuples[name])
+            shape = _element(parsed.get(name), index)
+        else:
+            shape = shapes.get(name)
+        dtype, dims = shape.split("[", 1) if shape else ("", "")
         key = kind(dtype, tuple(int(d) for d in dims.split("]")[0].split(",") if d)) if dtype else "unclassified"
         by_kind[key] = by_kind.get(key, 0) + int(size)
     return by_kind

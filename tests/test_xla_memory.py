@@ -5,7 +5,16 @@ import json
 import sys
 import textwrap
 
-from bdpo_jax.xla_memory import MemoryAnalysis, largest_at_peak, peak_live_bytes, until_buffer_assignment
+import jax
+import jax.numpy as jnp
+
+from bdpo_jax.xla_memory import (
+    MemoryAnalysis,
+    buffer_assignment_dump,
+    largest_at_peak,
+    peak_live_bytes,
+    until_buffer_assignment,
+)
 
 # A train-step-like function: donated parameters updated in place, temporaries
 # for the activations. It compiles once without a dump (its figures written out),
@@ -46,3 +55,22 @@ def test_buffer_assignment_gives_the_executables_memory_analysis(tmp_path):
     largest = largest_at_peak(assignment, count=2)
     (shape, size), (_, second) = largest.items()
     assert shape == "f32[256,128]" and size % (256 * 128 * 4) == 0 and size >= second
+
+
+def test_what_is_live_at_the_peak_includes_a_loops_carried_values(tmp_path):
+    """A loop's carried values are one tuple's elements, each a buffer with its own shape (on TPU, most of
+    the step's bytes): read by their index in the tuple's shape."""
+
+    def f(w, x):
+        def body(carry, _):
+            a, b = carry
+            return (jnp.tanh(a @ b), b * 1.01), jnp.sum(a)
+
+        (a, _), sums = jax.lax.scan(body, (x, w), None, length=3)
+        return a.sum() + sums.sum()
+
+    args = jax.ShapeDtypeStruct((64, 64), jnp.float32), jax.ShapeDtypeStruct((256, 64), jnp.float32)
+    jax.jit(jax.grad(f)).lower(*args).compile(compiler_options={"xla_dump_to": str(tmp_path)})
+    live = peak_live_bytes(buffer_assignment_dump(tmp_path, "f"), lambda dtype, dims: f"{dtype}{list(dims)}")
+    assert live.get("unclassified", 0) <= 64  # a tuple's own table of pointers at most
+    assert live["f32[3, 256, 64]"] >= 3 * 256 * 64 * 4  # the scan's stacked activations, kept for the backward
