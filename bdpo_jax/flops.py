@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from bdpo_jax.trainer import RunPlan
 
 # Dense bf16 peak per device, TFLOP/s, by the device kind jax names (a v5p chip compiled for without
-# the hardware is "TPU v5"); a device not listed reports no MFU.
+# the hardware is "TPU v5"); a device not listed reports no utilisation.
 PEAK_TFLOPS = {t.device_kind: t.peak_tflops for t in TARGETS.values()} | {"TPU v5p": 459.0}
 
 
