@@ -45,7 +45,7 @@ from bdpo_jax.errors import UserError
 from bdpo_jax.models import UNetConfig
 from bdpo_jax.models.presets import unet_preset
 from bdpo_jax.optim import make_optimizer
-from bdpo_jax.xla_memory import MemoryAnalysis, largest_at_peak, until_buffer_assignment
+from bdpo_jax.xla_memory import CompileKilled, MemoryAnalysis, largest_at_peak, until_buffer_assignment
 
 REMAT_ORDER = ("none", "save_dots", "full")  # least recomputation first
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -341,6 +341,9 @@ def memory_plan(request: Request, command: list[str], timeout_s: float) -> Plan:
         start, cpu_start = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         try:
             path, seconds = until_buffer_assignment(command, dump, "step_on_mesh", timeout_s, {"XLA_FLAGS": flags})
+        except CompileKilled as e:
+            advice = "free memory, or compile for fewer of the slice's chips (--chips N: FSDP's share per chip grows)"
+            raise PlanError(f"{e}\nThe fix: {advice}.") from None
         except RuntimeError as e:
             plan = refused(figures, time.perf_counter() - start, str(e))
             if plan is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -106,6 +107,10 @@ def buffer_assignment_dump(dump_dir: Path, module: str) -> Path | None:
     return reports[-1].with_name(reports[-1].name.replace("-memory-usage-report", "-buffer-assignment"))
 
 
+class CompileKilled(RuntimeError):
+    """The compiling process was killed (SIGKILL), most often for want of this machine's memory."""
+
+
 def until_buffer_assignment(
     command: list[str], dump_dir: Path, module: str, timeout_s: float, env: dict[str, str] | None = None
 ) -> tuple[Path, float]:
@@ -121,6 +126,11 @@ def until_buffer_assignment(
     try:
         while (dump := buffer_assignment_dump(dump_dir, module)) is None:
             if process.poll() is not None:
+                if process.returncode == -signal.SIGKILL:
+                    raise CompileKilled(
+                        "the compile was killed (SIGKILL) before buffer assignment, most often by the out-of-memory "
+                        f"killer: it needed more memory than this machine had free. {tail(log, 500)}"
+                    )
                 raise RuntimeError(f"the compile exited ({process.returncode}) before buffer assignment: {tail(log)}")
             if time.perf_counter() - start > timeout_s:
                 raise TimeoutError(f"no buffer assignment of {module} after {timeout_s:.0f} s: {tail(log)}")

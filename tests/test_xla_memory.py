@@ -8,8 +8,10 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from bdpo_jax.xla_memory import (
+    CompileKilled,
     MemoryAnalysis,
     buffer_assignment_dump,
     largest_at_peak,
@@ -79,3 +81,10 @@ def test_what_is_live_at_the_peak_includes_a_loops_carried_values(tmp_path):
     live = peak_live_bytes(buffer_assignment_dump(tmp_path, "f"), lambda dtype, dims: f"{dtype}{list(dims)}")
     assert live.get("unclassified", 0) <= 64  # a tuple's own table of pointers at most
     assert live["f32[3, 256, 64]"] >= 3 * 256 * 64 * 4  # the scan's stacked activations, kept for the backward
+
+
+def test_a_compile_killed_for_memory_is_named_so(tmp_path):
+    """The out-of-memory killer's SIGKILL, not a bare exit code: the plan turns it into advice."""
+    command = [sys.executable, "-c", "import os, signal; print('compiling'); os.kill(os.getpid(), signal.SIGKILL)"]
+    with pytest.raises(CompileKilled, match="out-of-memory killer"):
+        until_buffer_assignment(command, tmp_path, "step", timeout_s=60)
