@@ -59,21 +59,19 @@ def model_flops(run: RunPlan) -> float:
     from flax import nnx
 
     from bdpo_jax.models import abstract_unet
+    from bdpo_jax.step import to_compute, unet_inputs
 
     options = dataclasses.replace(run.options, attention="xla", remat="none")
     graphdef, abstract = abstract_unet(run.unet_config, options, run.lora)
-    batch, step = run.abstract_batch(), run.step_config
+    step = run.step_config
     images = 2  # one pair's, in one forward: FLOPs grow with the batch
-    inputs = {
-        "sample": jax.ShapeDtypeStruct((images, *batch["latents_0"].shape[1:]), options.dtype),
-        "timesteps": jax.ShapeDtypeStruct((images,), jnp.int32),
-        "encoder_hidden_states": jax.ShapeDtypeStruct((images, *batch["text_states"].shape[1:]), options.dtype),
-    }
-    if step.sdxl_time_ids is not None:
-        inputs["text_embeds"] = jax.ShapeDtypeStruct((images, *batch["pooled"].shape[1:]), options.dtype)
-        inputs["time_ids"] = jax.ShapeDtypeStruct((images, 6), jnp.float32)
-    forward = jax.jit(lambda state, inputs: nnx.merge(graphdef, state)(**inputs))
-    per_image = program_flops(forward.lower(abstract, inputs)) / images
+
+    def forward(state, batch):  # the step's own inputs (step.unet_inputs), for the batch's first pair
+        pair = to_compute(jax.tree.map(lambda a: a[:1], batch))
+        noisy = jnp.concatenate([pair["latents_0"], pair["latents_1"]]).astype(options.dtype)
+        return nnx.merge(graphdef, state)(**unet_inputs(pair, noisy, jnp.zeros((1,), jnp.int32), step))
+
+    per_image = program_flops(jax.jit(forward).lower(abstract, run.abstract_batch())) / images
     backward = 1 if run.lora is not None else 2
     if step.objective == "sft":  # the winner alone, no reference
         return per_image * run.config.train.global_batch * (1 + backward)

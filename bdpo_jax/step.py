@@ -80,7 +80,7 @@ def to_compute(batch: dict) -> dict:
     return {k: v.astype(jnp.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v for k, v in batch.items()}
 
 
-def _unet_inputs(batch: dict, noisy: jax.Array, t: jax.Array, cfg: StepConfig) -> dict:
+def unet_inputs(batch: dict, noisy: jax.Array, t: jax.Array, cfg: StepConfig) -> dict:
     """Both images of every pair in one batch, [x0 of all pairs; x1 of all pairs],
     or one image per pair (SFT's winners): the pairs' conditioning repeated to match."""
     copies = noisy.shape[0] // t.shape[0]
@@ -176,7 +176,7 @@ def loss_and_metrics(
     x = jnp.concatenate([batch["latents_0"], batch["latents_1"]])
     noisy, target = cfg.schedule.noisy_and_target(x, jnp.concatenate([noise, noise]), jnp.concatenate([t, t]))
     prediction, ref_prediction = predict(
-        params, ref_params, base or {}, _unet_inputs(batch, noisy, t, cfg), graphdef, cfg
+        params, ref_params, base or {}, unet_inputs(batch, noisy, t, cfg), graphdef, cfg
     )
     mse_pol = objective.per_sample_mse(prediction, target)
     mse_ref = objective.per_sample_mse(ref_prediction, target)
@@ -210,7 +210,7 @@ def sft_loss_and_metrics(
     winner_first = (labels >= 0).reshape(-1, *[1] * (noise.ndim - 1))
     x = jnp.where(winner_first, batch["latents_0"], batch["latents_1"])
     noisy, target = cfg.schedule.noisy_and_target(x, noise, t)
-    prediction = _forward(params, base or {}, _unet_inputs(batch, noisy, t, cfg), graphdef, cfg.compute_dtype)
+    prediction = _forward(params, base or {}, unet_inputs(batch, noisy, t, cfg), graphdef, cfg.compute_dtype)
     mse_winner = objective.per_sample_mse(prediction, target)
     loss = objective.sft_loss(mse_winner, labels, decided)
     return loss, {"loss": loss, "mse_policy_winner": mse_winner.mean()}  # over all pairs, as the full path's
